@@ -1,0 +1,40 @@
+//! RabbitMQ, spoken the way Celery speaks it, on lapin.
+//!
+//! - [`connection`]: connecting with capped backoff and a redacted URL in every log line;
+//! - [`topology`]: declaring queues exactly as Celery does, plus our `<queue>.dead` queues;
+//! - [`consumer`]: the consuming connection, reconnected forever, feeding one apalis backend
+//!   per queue ([`backend::CeleryBackend`]);
+//! - [`publisher`]: confirmed publishing (sends, ticks, dead letters);
+//! - [`dead_letter`]: where messages that cannot run go, and how they come back.
+
+pub mod backend;
+pub mod connection;
+pub mod consumer;
+pub mod dead_letter;
+pub mod publisher;
+pub mod topology;
+
+/// Errors talking to RabbitMQ.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to RabbitMQ at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ operation `{op}` failed: {source}")]
+    Amqp {
+        op: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ refused to take the message published to {routing_key:?} (nack)")]
+    Nacked { routing_key: String },
+}
+
+impl BrokerError {
+    pub fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+        move |source| Self::Amqp { op, source }
+    }
+}

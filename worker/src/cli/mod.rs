@@ -1,0 +1,92 @@
+//! The command line: `worker run`, `send`, `result`, `dead-letters`, `tasks`.
+//!
+//! Exit codes are part of the interface for scripts: 0 success, 1 the task failed or was
+//! revoked, 2 pending, unknown, timed out, or the command itself could not do its work.
+
+mod dead_letters;
+mod output;
+mod result;
+mod run;
+mod send;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConnectionSettings;
+
+#[derive(Debug, Parser)]
+#[command(name = "worker", version, about = "Celery-compatible worker and scheduler for StaffProBot")]
+pub struct Cli {
+    #[command(flatten)]
+    pub connections: ConnectionSettings,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the queues and run tasks until SIGTERM/SIGINT.
+    Run(run::RunArgs),
+    /// Publish a task exactly as a Python producer would; print its id (or, with --wait, its result).
+    Send(send::SendArgs),
+    /// Print a task's state and result.
+    Result(result::ResultArgs),
+    /// Inspect or replay messages in the `<queue>.dead` dead-letter queues.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
+    /// List the tasks this worker runs, with their default queues.
+    Tasks,
+}
+
+/// Outcome of a command, mapped to the documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failed,
+    Unknown,
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::Failed => ExitCode::from(1),
+            Outcome::Unknown => ExitCode::from(2),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(&cli.connections, args).await,
+            Command::Send(args) => send::send(&cli.connections, args).await,
+            Command::Result(args) => result::result(&cli.connections, args).await,
+            Command::DeadLetters(cmd) => dead_letters::dead_letters(&cli.connections, cmd).await,
+            Command::Tasks => {
+                for job in crate::registry::default_registry().iter() {
+                    println!("{:<64} {:<14} {}", job.name(), job.queue(), job.description());
+                }
+                Ok(Outcome::Success)
+            }
+        }
+    });
+    match result {
+        Ok(outcome) => outcome.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

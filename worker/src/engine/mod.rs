@@ -1,0 +1,47 @@
+//! The execution engine: apalis 1.0 workers, one per queue, under one `Monitor`.
+//!
+//! Each apalis worker polls its queue's [`CeleryBackend`](crate::broker::backend::CeleryBackend)
+//! and calls [`QueueService`], which hands every delivery to the [`Executor`]. Cross-cutting
+//! limits are tower layers on the worker (a concurrency limit equal to the prefetch), not code
+//! inside jobs.
+
+mod executor;
+mod service;
+
+pub use executor::{Executor, ExecutorSettings};
+pub use service::QueueService;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis_core::monitor::Monitor;
+use apalis_core::worker::builder::WorkerBuilder;
+use lapin::message::Delivery;
+use tokio::sync::{Mutex, mpsc};
+use tower::limit::ConcurrencyLimitLayer;
+
+use crate::broker::backend::CeleryBackend;
+
+/// Run one apalis worker per queue until `signal` resolves, then let running tasks finish for
+/// up to `grace`; tasks still running after that are dropped unacked (RabbitMQ requeues them).
+pub async fn run(
+    executor: Arc<Executor>,
+    receivers: HashMap<String, mpsc::Receiver<Delivery>>,
+    concurrency: usize,
+    grace: Duration,
+    signal: impl std::future::Future<Output = std::io::Result<()>> + Send,
+) -> Result<(), apalis_core::monitor::MonitorError> {
+    let mut monitor = Monitor::new().shutdown_timeout(grace);
+    for (queue, rx) in receivers {
+        let rx = Arc::new(Mutex::new(rx));
+        let executor = Arc::clone(&executor);
+        monitor = monitor.register(move |_restarts| {
+            WorkerBuilder::new(format!("queue:{queue}"))
+                .backend(CeleryBackend::new(queue.clone(), Arc::clone(&rx)))
+                .layer(ConcurrencyLimitLayer::new(concurrency.max(1)))
+                .build(QueueService::new(Arc::clone(&executor), &queue))
+        });
+    }
+    monitor.run_with_signal(signal).await
+}

@@ -1,0 +1,123 @@
+//! The registry: the one place where Celery task names meet jobs.
+//!
+//! A [`Job`] declares its Celery name, its default queue and its typed arguments; the registry
+//! turns a decoded message's `args`/`kwargs` into those types (see [`args`]) and runs the job.
+//! Jobs never see the broker, and the broker never sees job types.
+
+pub mod args;
+pub mod diagnostic;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use args::{CallArgs, JobArgs};
+
+use crate::celery::TaskError;
+
+/// What a running job may know about its request.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub task_id: String,
+    pub task: String,
+    pub retries: u32,
+    pub hostname: String,
+}
+
+/// A task this worker can run.
+pub trait Job: Send + Sync + 'static {
+    /// The Celery task name producers use, e.g. `core.celery.tasks.shift_tasks.auto_close_shifts`.
+    const NAME: &'static str;
+    /// The queue the task is routed to when a producer or schedule names none.
+    const QUEUE: &'static str;
+    /// One line for `worker tasks` and the README.
+    const DESCRIPTION: &'static str;
+
+    type Args: JobArgs + Send;
+    type Output: Serialize + Send;
+
+    fn run(
+        &self,
+        args: Self::Args,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<Self::Output, TaskError>> + Send;
+}
+
+/// A registered job with its types erased.
+pub trait ErasedJob: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn queue(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    fn call(&self, call: CallArgs, ctx: JobContext) -> BoxFuture<'static, Result<Value, TaskError>>;
+}
+
+struct Registered<J>(Arc<J>);
+
+impl<J: Job> ErasedJob for Registered<J> {
+    fn name(&self) -> &'static str {
+        J::NAME
+    }
+    fn queue(&self) -> &'static str {
+        J::QUEUE
+    }
+    fn description(&self) -> &'static str {
+        J::DESCRIPTION
+    }
+    fn call(&self, call: CallArgs, ctx: JobContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+        let job = Arc::clone(&self.0);
+        async move {
+            let args = J::Args::bind(J::NAME, &call)?;
+            let output = job.run(args, ctx).await?;
+            serde_json::to_value(output).map_err(|e| {
+                TaskError::runtime_error(format!("{}: result is not JSON: {e}", J::NAME))
+            })
+        }
+        .boxed()
+    }
+}
+
+/// Celery task name -> job.
+#[derive(Clone, Default)]
+pub struct Registry {
+    jobs: BTreeMap<&'static str, Arc<dyn ErasedJob>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register a job; a second job with the same name replaces the first.
+    pub fn register<J: Job>(&mut self, job: J) -> &mut Self {
+        self.jobs.insert(J::NAME, Arc::new(Registered(Arc::new(job))));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn ErasedJob>> {
+        self.jobs.get(name).cloned()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn ErasedJob>> {
+        self.jobs.values()
+    }
+
+    /// Task name -> default queue, for the scheduler's routing and validation.
+    pub fn routes(&self) -> std::collections::HashMap<String, String> {
+        self.jobs
+            .values()
+            .map(|j| (j.name().to_owned(), j.queue().to_owned()))
+            .collect()
+    }
+}
+
+/// Every job this binary runs: the diagnostic tasks, then StaffProBot's.
+pub fn default_registry() -> Registry {
+    let mut registry = Registry::new();
+    diagnostic::register(&mut registry);
+    registry
+}
