@@ -101,7 +101,7 @@ pub async fn list(url: &str, queue: &str, limit: usize) -> Result<Vec<DeadLetter
     Ok(out)
 }
 
-/// Publish up to `limit` dead letters of `queue` back to it; returns how many.
+/// Publish up to `limit` of the dead letters `queue` has now back to it; returns them.
 pub async fn replay(
     url: &str,
     publisher: &Publisher,
@@ -112,6 +112,18 @@ pub async fn replay(
     let channel = conn.create_channel().await.map_err(BrokerError::amqp("channel.open"))?;
     super::topology::declare_with_dead_letter(&channel, queue).await?;
     let dead = dead_letter_queue(queue);
+    // Replay only what was there when we started: a message that fails again comes back to the
+    // dead-letter queue and must not be replayed in a loop.
+    let present = channel
+        .queue_declare(
+            dead.as_str().into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp("queue.declare"))?
+        .message_count();
+    let limit = limit.min(usize::try_from(present).unwrap_or(usize::MAX));
     let mut replayed = Vec::new();
     while replayed.len() < limit {
         let Some(msg) = channel

@@ -112,11 +112,8 @@ impl Executor {
         let Some(job) = self.registry.get(&message.task) else {
             error!(task = %message.task, "Received unregistered task of type {:?}; moving it to {queue}.dead", message.task);
             let err = TaskError::not_registered(&message.task);
-            if !self.store(&ResultMeta::failure(&err, origin)).await {
-                return Settle::Requeue;
-            }
             return self
-                .dead_letter(queue, delivery, "not_registered", &err.to_string())
+                .dead_letter_then_fail(queue, delivery, "not_registered", &err, Some(origin))
                 .await;
         };
 
@@ -177,30 +174,43 @@ impl Executor {
         Settle::Ack
     }
 
-    /// A message we cannot even read: store FAILURE if it named an id, then dead-letter it.
+    /// A message we cannot even read: dead-letter it, and store FAILURE if it named an id.
     async fn refuse_undecodable(&self, queue: &str, delivery: &Delivery, failure: DecodeFailure) -> Settle {
         let reason = failure.error.reason();
         error!(queue, reason, task_id = ?failure.task_id, task = ?failure.task, error = %failure.error, "cannot decode message; moving it to {queue}.dead");
-        if let Some(id) = &failure.task_id {
-            let message = TaskMessage::minimal(id, failure.task.as_deref());
-            let origin = Origin {
-                message: &message,
-                queue,
-                hostname: &self.settings.hostname,
-                extended: self.settings.result_extended,
-            };
-            let err = TaskError::new("kombu.exceptions", "DecodeError", failure.error.to_string());
-            if !self.store(&ResultMeta::failure(&err, origin)).await {
-                return Settle::Requeue;
-            }
-        }
-        self.dead_letter(queue, delivery, reason, &failure.error.to_string())
-            .await
+        let err = TaskError::new("kombu.exceptions", "DecodeError", failure.error.to_string());
+        let message = failure
+            .task_id
+            .as_deref()
+            .map(|id| TaskMessage::minimal(id, failure.task.as_deref()));
+        let origin = message.as_ref().map(|message| Origin {
+            message,
+            queue,
+            hostname: &self.settings.hostname,
+            extended: self.settings.result_extended,
+        });
+        self.dead_letter_then_fail(queue, delivery, reason, &err, origin).await
     }
 
-    async fn dead_letter(&self, queue: &str, delivery: &Delivery, reason: &str, detail: &str) -> Settle {
-        match dead_letter::dead_letter(&self.publisher, queue, &delivery.data, &delivery.properties, reason, detail).await {
-            Ok(()) => Settle::Ack,
+    /// Move the message to `<queue>.dead` first, then store FAILURE (when it has an id), so that
+    /// by the time a Python caller sees the error the message is already in the dead-letter
+    /// queue. A FAILURE that cannot be stored is logged, not retried by requeueing: the message
+    /// itself is safe in the dead-letter queue.
+    async fn dead_letter_then_fail(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        reason: &str,
+        err: &TaskError,
+        origin: Option<Origin<'_>>,
+    ) -> Settle {
+        match dead_letter::dead_letter(&self.publisher, queue, &delivery.data, &delivery.properties, reason, &err.to_string()).await {
+            Ok(()) => {
+                if let Some(origin) = origin {
+                    self.store(&ResultMeta::failure(err, origin)).await;
+                }
+                Settle::Ack
+            }
             Err(e) => {
                 error!(queue, error = %e, "could not dead-letter a message; requeueing it");
                 // Do not spin on a broker that refuses publishes.
