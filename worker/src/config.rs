@@ -14,11 +14,23 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionSettings {
     /// RabbitMQ URL (vhost `/` when the path is empty).
-    #[arg(long, env = "RABBITMQ_URL", default_value = "amqp://guest:guest@localhost:5672/%2f", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "RABBITMQ_URL",
+        default_value = "amqp://guest:guest@localhost:5672/%2f",
+        hide_env_values = true,
+        global = true
+    )]
     pub rabbitmq_url: String,
 
     /// Redis URL; a password, if any, goes inside it.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true,
+        global = true
+    )]
     pub redis_url: String,
 
     /// Redis database number, used when REDIS_URL names none.
@@ -26,7 +38,13 @@ pub struct ConnectionSettings {
     pub redis_db: i64,
 
     /// PostgreSQL URL; `postgresql+asyncpg://` from the Python app is accepted.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgresql://postgres@localhost:5432/staffprobot", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgresql://postgres@localhost:5432/staffprobot",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: String,
 
     /// Timezone of schedules and of the jobs' local dates (Celery's `timezone`).
@@ -64,7 +82,12 @@ impl ConnectionSettings {
 #[derive(Debug, Clone, Args)]
 pub struct RunSettings {
     /// Queues to consume, comma-separated.
-    #[arg(long, env = "WORKER_QUEUES", value_delimiter = ',', default_value = "notifications,shifts,analytics")]
+    #[arg(
+        long,
+        env = "WORKER_QUEUES",
+        value_delimiter = ',',
+        default_value = "notifications,shifts,analytics"
+    )]
     pub queues: Vec<String>,
 
     /// Tasks run at once; also the broker prefetch (shared by all queues, as Celery's
@@ -150,10 +173,22 @@ mod tests {
 
     #[test]
     fn redacts_passwords_only() {
-        assert_eq!(redact_url("amqp://admin:s3cret@rabbit:5672/%2f"), "amqp://admin:***@rabbit:5672/%2f");
-        assert_eq!(redact_url("redis://:pw@localhost:6379/0"), "redis://:***@localhost:6379/0");
-        assert_eq!(redact_url("redis://localhost:6379"), "redis://localhost:6379");
-        assert_eq!(redact_url("postgresql://postgres@h/db"), "postgresql://postgres@h/db");
+        assert_eq!(
+            redact_url("amqp://admin:s3cret@rabbit:5672/%2f"),
+            "amqp://admin:***@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@localhost:6379/0"),
+            "redis://:***@localhost:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://localhost:6379"),
+            "redis://localhost:6379"
+        );
+        assert_eq!(
+            redact_url("postgresql://postgres@h/db"),
+            "postgresql://postgres@h/db"
+        );
     }
 
     #[test]
@@ -175,8 +210,14 @@ mod tests {
 
     #[test]
     fn backoff_is_capped() {
-        assert_eq!(backoff(0, Duration::from_secs(30)), Duration::from_millis(500));
+        assert_eq!(
+            backoff(0, Duration::from_secs(30)),
+            Duration::from_millis(500)
+        );
         assert_eq!(backoff(3, Duration::from_secs(30)), Duration::from_secs(4));
-        assert_eq!(backoff(40, Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(
+            backoff(40, Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
     }
 }

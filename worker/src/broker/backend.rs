@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use apalis_core::backend::{Backend, BackendConfig, finalize::Ephemeral};
+use apalis_core::layers::Identity;
 use apalis_core::task::Task;
 use apalis_core::task::task_id::RandomId;
 use apalis_core::worker::context::WorkerContext;
 use lapin::message::Delivery;
 use tokio::sync::{Mutex, mpsc};
-use apalis_core::layers::Identity;
 
 /// Never produced: the backend has no failure of its own.
 #[derive(Debug, thiserror::Error)]

@@ -37,7 +37,10 @@ pub fn spawn(
     queues: Vec<String>,
     prefetch: u16,
     control: ConsumerControl,
-) -> (HashMap<String, mpsc::Receiver<Delivery>>, tokio::task::JoinHandle<()>) {
+) -> (
+    HashMap<String, mpsc::Receiver<Delivery>>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut senders = HashMap::new();
     let mut receivers = HashMap::new();
     for q in &queues {
@@ -104,7 +107,12 @@ async fn consume(
     for queue in queues {
         let tag = format!("{}-{}", crate::config::hostname(), uuid::Uuid::new_v4());
         let mut consumer = channel
-            .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(BrokerError::amqp("basic.consume"))?;
         tags.push(tag);
@@ -158,7 +166,11 @@ async fn consume(
     }
 }
 
-async fn open_channel(conn: &Connection, queues: &[String], prefetch: u16) -> Result<Channel, BrokerError> {
+async fn open_channel(
+    conn: &Connection,
+    queues: &[String],
+    prefetch: u16,
+) -> Result<Channel, BrokerError> {
     let channel = conn
         .create_channel()
         .await

@@ -41,7 +41,12 @@ pub async fn dead_letter(
     );
     headers.insert(QUEUE.into(), header_string(queue));
     publisher
-        .publish(&dead_letter_queue(queue), body, without_expiration(properties).with_headers(headers), false)
+        .publish(
+            &dead_letter_queue(queue),
+            body,
+            without_expiration(properties).with_headers(headers),
+            false,
+        )
         .await
 }
 
@@ -68,7 +73,12 @@ fn describe(queue: &str, props: &BasicProperties, body: &[u8]) -> DeadLetter {
     let preview: String = String::from_utf8_lossy(&body[..body.len().min(120)]).into();
     DeadLetter {
         queue: queue.to_owned(),
-        task_id: s("id").or_else(|| props.correlation_id().as_ref().map(|c| c.as_str().to_owned())),
+        task_id: s("id").or_else(|| {
+            props
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+        }),
         task: s("task"),
         reason: s(REASON),
         detail: s(DETAIL),
@@ -81,7 +91,10 @@ fn describe(queue: &str, props: &BasicProperties, body: &[u8]) -> DeadLetter {
 /// Up to `limit` dead letters of `queue`, left in place.
 pub async fn list(url: &str, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
     let conn = connection::connect(url).await?;
-    let channel = conn.create_channel().await.map_err(BrokerError::amqp("channel.open"))?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(BrokerError::amqp("channel.open"))?;
     super::topology::declare_with_dead_letter(&channel, queue).await?;
     let mut out = Vec::new();
     let dead = dead_letter_queue(queue);
@@ -93,7 +106,11 @@ pub async fn list(url: &str, queue: &str, limit: usize) -> Result<Vec<DeadLetter
         else {
             break;
         };
-        out.push(describe(queue, &msg.delivery.properties, &msg.delivery.data));
+        out.push(describe(
+            queue,
+            &msg.delivery.properties,
+            &msg.delivery.data,
+        ));
     }
     // Closing the channel returns every fetched message to the queue, in order.
     let _ = channel.close(200, "listed".into()).await;
@@ -109,7 +126,10 @@ pub async fn replay(
     limit: usize,
 ) -> Result<Vec<DeadLetter>, BrokerError> {
     let conn = connection::connect(url).await?;
-    let channel = conn.create_channel().await.map_err(BrokerError::amqp("channel.open"))?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(BrokerError::amqp("channel.open"))?;
     super::topology::declare_with_dead_letter(&channel, queue).await?;
     let dead = dead_letter_queue(queue);
     // Replay only what was there when we started: a message that fails again comes back to the
@@ -117,7 +137,10 @@ pub async fn replay(
     let present = channel
         .queue_declare(
             dead.as_str().into(),
-            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -137,7 +160,13 @@ pub async fn replay(
         let info = describe(queue, &d.properties, &d.data);
         let props = without_dead_letter_headers(&d.properties);
         if let Err(e) = publisher.publish(queue, &d.data, props, true).await {
-            let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
             return Err(e);
         }
         d.acker
@@ -154,14 +183,30 @@ pub async fn replay(
 /// the dead letter.
 fn without_expiration(p: &BasicProperties) -> BasicProperties {
     let mut out = BasicProperties::default().with_delivery_mode(2);
-    if let Some(v) = p.content_type() { out = out.with_content_type(v.clone()); }
-    if let Some(v) = p.content_encoding() { out = out.with_content_encoding(v.clone()); }
-    if let Some(v) = p.priority() { out = out.with_priority(*v); }
-    if let Some(v) = p.correlation_id() { out = out.with_correlation_id(v.clone()); }
-    if let Some(v) = p.reply_to() { out = out.with_reply_to(v.clone()); }
-    if let Some(v) = p.message_id() { out = out.with_message_id(v.clone()); }
-    if let Some(v) = p.timestamp() { out = out.with_timestamp(*v); }
-    if let Some(v) = p.app_id() { out = out.with_app_id(v.clone()); }
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
     out
 }
 

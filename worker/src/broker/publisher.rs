@@ -50,11 +50,15 @@ impl Publisher {
         celery_queue: bool,
     ) -> Result<(), BrokerError> {
         // One retry on a fresh connection covers a broker restart since the last publish.
-        match self.try_publish(routing_key, body, properties.clone(), celery_queue).await {
+        match self
+            .try_publish(routing_key, body, properties.clone(), celery_queue)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(_) => {
                 *self.open.lock().await = None;
-                self.try_publish(routing_key, body, properties, celery_queue).await
+                self.try_publish(routing_key, body, properties, celery_queue)
+                    .await
             }
         }
     }
@@ -102,7 +106,10 @@ impl Publisher {
         Ok(())
     }
 
-    async fn ensure_open<'a>(&self, guard: &'a mut Option<Open>) -> Result<&'a mut Open, BrokerError> {
+    async fn ensure_open<'a>(
+        &self,
+        guard: &'a mut Option<Open>,
+    ) -> Result<&'a mut Open, BrokerError> {
         let usable = guard
             .as_ref()
             .is_some_and(|o| o.channel.status().connected());

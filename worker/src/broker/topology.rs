@@ -24,15 +24,30 @@ pub async fn declare_celery_queue(channel: &Channel, queue: &str) -> Result<(), 
         ..ExchangeDeclareOptions::default()
     };
     channel
-        .exchange_declare(queue.into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .exchange_declare(
+            queue.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
         .await
         .map_err(BrokerError::amqp("exchange.declare"))?;
     channel
-        .queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
         .await
         .map_err(BrokerError::amqp("queue.declare"))?;
     channel
-        .queue_bind(queue.into(), queue.into(), queue.into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.into(),
+            queue.into(),
+            queue.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .map_err(BrokerError::amqp("queue.bind"))?;
     Ok(())

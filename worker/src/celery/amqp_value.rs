@@ -57,9 +57,9 @@ pub fn from_json(value: &Value) -> AMQPValue {
             }
         }
         Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
-        Value::Array(items) => {
-            AMQPValue::FieldArray(FieldArray::from(items.iter().map(from_json).collect::<Vec<_>>()))
-        }
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(from_json).collect::<Vec<_>>(),
+        )),
         Value::Object(map) => AMQPValue::FieldTable(json_to_table(map)),
     }
 }

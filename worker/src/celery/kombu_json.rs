@@ -8,7 +8,9 @@
 
 use serde_json::Value;
 
-const TAGS: &[&str] = &["datetime", "date", "time", "decimal", "uuid", "bytes", "base64"];
+const TAGS: &[&str] = &[
+    "datetime", "date", "time", "decimal", "uuid", "bytes", "base64",
+];
 
 /// Replace every kombu tagged object in `value` by its untagged value, in place.
 pub fn untag(value: &mut Value) {
@@ -20,11 +22,9 @@ pub fn untag(value: &mut Value) {
                     .get("__type__")
                     .and_then(Value::as_str)
                     .is_some_and(|t| TAGS.contains(&t));
-            if tagged {
-                if let Some(inner) = map.remove("__value__") {
-                    *value = inner;
-                    return;
-                }
+            if tagged && let Some(inner) = map.remove("__value__") {
+                *value = inner;
+                return;
             }
             map.values_mut().for_each(untag);
         }

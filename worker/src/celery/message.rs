@@ -148,10 +148,10 @@ pub fn decode(raw: RawMessage<'_>, max_body_bytes: usize) -> Result<TaskMessage,
             limit: max_body_bytes,
         }));
     }
-    if let Some(ct) = raw.content_type.filter(|ct| !ct.is_empty()) {
-        if !ct.eq_ignore_ascii_case("application/json") {
-            return Err(fail(DecodeError::ContentType(ct.to_owned())));
-        }
+    if let Some(ct) = raw.content_type.filter(|ct| !ct.is_empty())
+        && !ct.eq_ignore_ascii_case("application/json")
+    {
+        return Err(fail(DecodeError::ContentType(ct.to_owned())));
     }
     if let Some(enc) = raw.content_encoding.filter(|e| !e.is_empty()) {
         let enc = enc.to_ascii_lowercase();
@@ -202,7 +202,11 @@ fn decode_v2(
     raw: RawMessage<'_>,
 ) -> Result<TaskMessage, DecodeError> {
     let id = id
-        .or_else(|| raw.correlation_id.filter(|c| !c.is_empty()).map(str::to_owned))
+        .or_else(|| {
+            raw.correlation_id
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+        })
         .ok_or(DecodeError::MissingId)?;
     if parts.len() < 2 || parts.len() > 3 {
         return Err(DecodeError::Invalid(format!(
@@ -266,7 +270,11 @@ fn decode_v1(
     let id = pick("id", &dict)
         .and_then(|v| v.as_str().map(str::to_owned))
         .filter(|s| !s.is_empty())
-        .or_else(|| raw.correlation_id.filter(|c| !c.is_empty()).map(str::to_owned))
+        .or_else(|| {
+            raw.correlation_id
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+        })
         .ok_or(DecodeError::MissingId)?;
     let args = as_args(dict.remove("args").unwrap_or(Value::Null))?;
     let kwargs = as_kwargs(dict.remove("kwargs").unwrap_or(Value::Null))?;
@@ -435,10 +443,16 @@ mod tests {
         let none = Map::new();
         let body = br#"{"task":"worker.echo","id":"v1-id","args":[1],"kwargs":{"a":2},"retries":3,"eta":"2026-01-01T00:00:00"}"#;
         let m = decode(raw(body, &none), LIMIT).unwrap();
-        assert_eq!((m.protocol, m.id.as_str(), m.retries), (Protocol::V1, "v1-id", 3));
+        assert_eq!(
+            (m.protocol, m.id.as_str(), m.retries),
+            (Protocol::V1, "v1-id", 3)
+        );
         assert_eq!(m.eta.unwrap().to_rfc3339(), "2026-01-01T00:00:00+00:00");
 
-        let headers = json!({"task": "worker.echo", "id": "h-id"}).as_object().cloned().unwrap();
+        let headers = json!({"task": "worker.echo", "id": "h-id"})
+            .as_object()
+            .cloned()
+            .unwrap();
         let body = br#"{"args":[1],"kwargs":{}}"#;
         let m = decode(raw(body, &headers), LIMIT).unwrap();
         assert_eq!((m.protocol, m.id.as_str()), (Protocol::Hybrid, "h-id"));

@@ -173,8 +173,14 @@ mod tests {
     #[test]
     fn success_has_celery_fields_in_order() {
         let m = message();
-        let origin = Origin { message: &m, queue: "shifts", hostname: "w1@vm", extended: false };
-        let json = serde_json::to_string(&ResultMeta::success(Value::from("pong"), origin)).unwrap();
+        let origin = Origin {
+            message: &m,
+            queue: "shifts",
+            hostname: "w1@vm",
+            extended: false,
+        };
+        let json =
+            serde_json::to_string(&ResultMeta::success(Value::from("pong"), origin)).unwrap();
         assert!(json.starts_with(r#"{"status":"SUCCESS","result":"pong","traceback":null,"children":[],"date_done":""#), "{json}");
         assert!(json.ends_with(r#","task_id":"645f"}"#), "{json}");
     }
@@ -182,7 +188,12 @@ mod tests {
     #[test]
     fn started_is_not_done_and_extended_fields_appear() {
         let m = message();
-        let origin = Origin { message: &m, queue: "shifts", hostname: "w1@vm", extended: true };
+        let origin = Origin {
+            message: &m,
+            queue: "shifts",
+            hostname: "w1@vm",
+            extended: true,
+        };
         let meta = ResultMeta::started(origin);
         let v = serde_json::to_value(&meta).unwrap();
         assert_eq!(v["date_done"], Value::Null);
@@ -195,10 +206,23 @@ mod tests {
     #[test]
     fn failure_carries_the_exception_shape() {
         let m = message();
-        let origin = Origin { message: &m, queue: "q", hostname: "h", extended: false };
+        let origin = Origin {
+            message: &m,
+            queue: "q",
+            hostname: "h",
+            extended: false,
+        };
         let err = TaskError::value_error("bad input").with_cause("parse error");
         let v = serde_json::to_value(ResultMeta::failure(&err, origin)).unwrap();
-        assert_eq!(v["result"], serde_json::json!({"exc_type":"ValueError","exc_message":["bad input"],"exc_module":"builtins"}));
-        assert!(v["traceback"].as_str().unwrap().contains("caused by: parse error"));
+        assert_eq!(
+            v["result"],
+            serde_json::json!({"exc_type":"ValueError","exc_message":["bad input"],"exc_module":"builtins"})
+        );
+        assert!(
+            v["traceback"]
+                .as_str()
+                .unwrap()
+                .contains("caused by: parse error")
+        );
     }
 }

@@ -18,7 +18,12 @@ pub enum DeadLettersCommand {
 #[derive(Debug, Args)]
 pub struct Selection {
     /// Queues to look at (repeatable; default: the worker's queues).
-    #[arg(long = "queue", env = "WORKER_QUEUES", value_delimiter = ',', default_value = "notifications,shifts,analytics")]
+    #[arg(
+        long = "queue",
+        env = "WORKER_QUEUES",
+        value_delimiter = ',',
+        default_value = "notifications,shifts,analytics"
+    )]
     pub queues: Vec<String>,
     /// At most this many messages per queue.
     #[arg(long, default_value_t = 100)]
@@ -28,7 +33,10 @@ pub struct Selection {
     pub json: bool,
 }
 
-pub async fn dead_letters(conn: &ConnectionSettings, cmd: DeadLettersCommand) -> anyhow::Result<Outcome> {
+pub async fn dead_letters(
+    conn: &ConnectionSettings,
+    cmd: DeadLettersCommand,
+) -> anyhow::Result<Outcome> {
     match cmd {
         DeadLettersCommand::List(sel) => {
             for queue in &sel.queues {
@@ -42,7 +50,8 @@ pub async fn dead_letters(conn: &ConnectionSettings, cmd: DeadLettersCommand) ->
         DeadLettersCommand::Replay(sel) => {
             let publisher = Publisher::new(&conn.rabbitmq_url);
             for queue in &sel.queues {
-                let letters = dead_letter::replay(&conn.rabbitmq_url, &publisher, queue, sel.limit).await?;
+                let letters =
+                    dead_letter::replay(&conn.rabbitmq_url, &publisher, queue, sel.limit).await?;
                 print_letters(&letters, sel.json);
                 if !sel.json {
                     println!("{queue}.dead: {} replayed to {queue}", letters.len());

@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 use crate::config::ConnectionSettings;
 
 #[derive(Debug, Parser)]
-#[command(name = "worker", version, about = "Celery-compatible worker and scheduler for StaffProBot")]
+#[command(
+    name = "worker",
+    version,
+    about = "Celery-compatible worker and scheduler for StaffProBot"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub connections: ConnectionSettings,
@@ -61,7 +65,10 @@ impl From<Outcome> for ExitCode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -76,7 +83,12 @@ pub fn main() -> ExitCode {
             Command::DeadLetters(cmd) => dead_letters::dead_letters(&cli.connections, cmd).await,
             Command::Tasks => {
                 for job in crate::registry::default_registry().iter() {
-                    println!("{:<64} {:<14} {}", job.name(), job.queue(), job.description());
+                    println!(
+                        "{:<64} {:<14} {}",
+                        job.name(),
+                        job.queue(),
+                        job.description()
+                    );
                 }
                 Ok(Outcome::Success)
             }

@@ -15,7 +15,13 @@ pub fn outcome_of(state: State) -> Outcome {
 }
 
 /// Print `meta` (None = PENDING) and return the matching outcome.
-pub fn print_result(task_id: &str, meta: Option<&ResultMeta>, raw: Option<&Value>, as_json: bool, timed_out: bool) -> Outcome {
+pub fn print_result(
+    task_id: &str,
+    meta: Option<&ResultMeta>,
+    raw: Option<&Value>,
+    as_json: bool,
+    timed_out: bool,
+) -> Outcome {
     let state = meta.map_or(State::Pending, |m| m.status);
     if as_json {
         let doc = raw.cloned().unwrap_or_else(|| match meta {
@@ -25,7 +31,15 @@ pub fn print_result(task_id: &str, meta: Option<&ResultMeta>, raw: Option<&Value
         println!("{doc}");
     } else {
         println!("id:      {task_id}");
-        println!("state:   {}{}", state.as_str(), if timed_out { " (timed out waiting)" } else { "" });
+        println!(
+            "state:   {}{}",
+            state.as_str(),
+            if timed_out {
+                " (timed out waiting)"
+            } else {
+                ""
+            }
+        );
         if let Some(m) = meta {
             if let Some(name) = &m.name {
                 println!("task:    {name}");
@@ -37,11 +51,16 @@ pub fn print_result(task_id: &str, meta: Option<&ResultMeta>, raw: Option<&Value
                 State::Failure | State::Revoked | State::Retry => {
                     let r = &m.result;
                     let module = r.get("exc_module").and_then(Value::as_str).unwrap_or("");
-                    let kind = r.get("exc_type").and_then(Value::as_str).unwrap_or("Exception");
+                    let kind = r
+                        .get("exc_type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Exception");
                     let message = r
                         .get("exc_message")
                         .map(|v| match v {
-                            Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(", "),
+                            Value::Array(items) => {
+                                items.iter().map(plain).collect::<Vec<_>>().join(", ")
+                            }
                             other => plain(other),
                         })
                         .unwrap_or_default();

@@ -29,7 +29,12 @@ pub async fn open_results(conn: &ConnectionSettings) -> anyhow::Result<ResultSto
     let (client, redis) = connect_redis(&conn.redis_url_with_db(), Some(3))
         .await
         .context("connecting to Redis")?;
-    Ok(ResultStore::new(client, redis, &conn.result_key_prefix, conn.result_expires))
+    Ok(ResultStore::new(
+        client,
+        redis,
+        &conn.result_key_prefix,
+        conn.result_expires,
+    ))
 }
 
 pub async fn result(conn: &ConnectionSettings, args: ResultArgs) -> anyhow::Result<Outcome> {
@@ -38,15 +43,31 @@ pub async fn result(conn: &ConnectionSettings, args: ResultArgs) -> anyhow::Resu
 }
 
 /// Print a result (waiting if asked) and return its outcome; shared with `send --wait`.
-pub async fn show(store: &ResultStore, id: &str, wait: bool, timeout: f64, json: bool) -> anyhow::Result<Outcome> {
+pub async fn show(
+    store: &ResultStore,
+    id: &str,
+    wait: bool,
+    timeout: f64,
+    json: bool,
+) -> anyhow::Result<Outcome> {
     let meta = if wait {
-        let timeout = Duration::try_from_secs_f64(timeout).context("--timeout must be a positive number of seconds")?;
+        let timeout = Duration::try_from_secs_f64(timeout)
+            .context("--timeout must be a positive number of seconds")?;
         store.wait(id, timeout).await?
     } else {
         store.get(id).await?
     };
     let timed_out = wait && !meta.as_ref().is_some_and(|m| m.status.is_ready());
     let raw = store.get_raw(id).await?;
-    let raw = raw.filter(|r| meta.as_ref().is_some_and(|m| r.get("status").and_then(|s| s.as_str()) == Some(m.status.as_str())));
-    Ok(print_result(id, meta.as_ref(), raw.as_ref(), json, timed_out))
+    let raw = raw.filter(|r| {
+        meta.as_ref()
+            .is_some_and(|m| r.get("status").and_then(|s| s.as_str()) == Some(m.status.as_str()))
+    });
+    Ok(print_result(
+        id,
+        meta.as_ref(),
+        raw.as_ref(),
+        json,
+        timed_out,
+    ))
 }

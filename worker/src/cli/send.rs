@@ -40,14 +40,18 @@ pub struct SendArgs {
 }
 
 pub async fn send(conn: &ConnectionSettings, a: SendArgs) -> anyhow::Result<Outcome> {
-    let args: Vec<Value> = serde_json::from_str(&a.args).context("--args must be a JSON list, e.g. '[1, \"x\"]'")?;
-    let kwargs: Map<String, Value> =
-        serde_json::from_str(&a.kwargs).context("--kwargs must be a JSON object, e.g. '{\"user_id\": 1}'")?;
+    let args: Vec<Value> =
+        serde_json::from_str(&a.args).context("--args must be a JSON list, e.g. '[1, \"x\"]'")?;
+    let kwargs: Map<String, Value> = serde_json::from_str(&a.kwargs)
+        .context("--kwargs must be a JSON object, e.g. '{\"user_id\": 1}'")?;
     let queue = match a.queue {
         Some(q) => q,
         None => match default_registry().get(&a.task) {
             Some(job) => job.queue().to_owned(),
-            None => bail!("{} is not a task this worker knows; pass --queue to send it anyway", a.task),
+            None => bail!(
+                "{} is not a task this worker knows; pass --queue to send it anyway",
+                a.task
+            ),
         },
     };
     let mut task = OutgoingTask::new(a.task, args, kwargs);
@@ -59,8 +63,15 @@ pub async fn send(conn: &ConnectionSettings, a: SendArgs) -> anyhow::Result<Outc
     }
     let publisher = Publisher::new(&conn.rabbitmq_url);
     // Open Redis first with --wait so that a result can never be missed.
-    let store = if a.wait { Some(open_results(conn).await?) } else { None };
-    publisher.send_task(&queue, &task).await.context("publishing the task")?;
+    let store = if a.wait {
+        Some(open_results(conn).await?)
+    } else {
+        None
+    };
+    publisher
+        .send_task(&queue, &task)
+        .await
+        .context("publishing the task")?;
     match store {
         None => {
             println!("{}", task.id);

@@ -74,15 +74,29 @@ impl Executor {
             .unwrap_or_default();
         let raw = RawMessage {
             body: &delivery.data,
-            content_type: delivery.properties.content_type().as_ref().map(|s| s.as_str()),
-            content_encoding: delivery.properties.content_encoding().as_ref().map(|s| s.as_str()),
+            content_type: delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.as_str()),
+            content_encoding: delivery
+                .properties
+                .content_encoding()
+                .as_ref()
+                .map(|s| s.as_str()),
             headers: &headers,
-            correlation_id: delivery.properties.correlation_id().as_ref().map(|s| s.as_str()),
+            correlation_id: delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.as_str()),
         };
         let settle = match decode(raw, self.settings.max_message_bytes) {
             Ok(message) => {
                 let span = info_span!("task", task_id = %message.id, task = %message.task, queue, retries = message.retries);
-                self.run_message(queue, &delivery, message).instrument(span).await
+                self.run_message(queue, &delivery, message)
+                    .instrument(span)
+                    .await
             }
             Err(failure) => self.refuse_undecodable(queue, &delivery, failure).await,
         };
@@ -91,7 +105,10 @@ impl Executor {
             Settle::Requeue => {
                 delivery
                     .acker
-                    .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
                     .await
             }
         };
@@ -117,19 +134,21 @@ impl Executor {
                 .await;
         };
 
-        if let Some(expires) = message.expires {
-            if Utc::now() > expires {
-                info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
-                let ok = self.store(&ResultMeta::revoked(&TaskError::expired(), origin)).await;
-                return if ok { Settle::Ack } else { Settle::Requeue };
-            }
+        if let Some(expires) = message.expires
+            && Utc::now() > expires
+        {
+            info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
+            let ok = self
+                .store(&ResultMeta::revoked(&TaskError::expired(), origin))
+                .await;
+            return if ok { Settle::Ack } else { Settle::Requeue };
         }
 
-        if let Some(eta) = message.eta {
-            if let Ok(wait) = (eta - Utc::now()).to_std() {
-                info!(eta = %eta, "waiting for the task's eta");
-                tokio::time::sleep(wait).await;
-            }
+        if let Some(eta) = message.eta
+            && let Ok(wait) = (eta - Utc::now()).to_std()
+        {
+            info!(eta = %eta, "waiting for the task's eta");
+            tokio::time::sleep(wait).await;
         }
 
         let record = !message.ignore_result;
@@ -160,7 +179,11 @@ impl Executor {
 
         let meta = match &outcome {
             Ok(value) => {
-                info!(duration_ms = millis(duration), outcome = "success", "task finished");
+                info!(
+                    duration_ms = millis(duration),
+                    outcome = "success",
+                    "task finished"
+                );
                 ResultMeta::success(value.clone(), origin)
             }
             Err(err) => {
@@ -175,7 +198,12 @@ impl Executor {
     }
 
     /// A message we cannot even read: dead-letter it, and store FAILURE if it named an id.
-    async fn refuse_undecodable(&self, queue: &str, delivery: &Delivery, failure: DecodeFailure) -> Settle {
+    async fn refuse_undecodable(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        failure: DecodeFailure,
+    ) -> Settle {
         let reason = failure.error.reason();
         error!(queue, reason, task_id = ?failure.task_id, task = ?failure.task, error = %failure.error, "cannot decode message; moving it to {queue}.dead");
         let err = TaskError::new("kombu.exceptions", "DecodeError", failure.error.to_string());
@@ -189,7 +217,8 @@ impl Executor {
             hostname: &self.settings.hostname,
             extended: self.settings.result_extended,
         });
-        self.dead_letter_then_fail(queue, delivery, reason, &err, origin).await
+        self.dead_letter_then_fail(queue, delivery, reason, &err, origin)
+            .await
     }
 
     /// Move the message to `<queue>.dead` first, then store FAILURE (when it has an id), so that
@@ -204,7 +233,16 @@ impl Executor {
         err: &TaskError,
         origin: Option<Origin<'_>>,
     ) -> Settle {
-        match dead_letter::dead_letter(&self.publisher, queue, &delivery.data, &delivery.properties, reason, &err.to_string()).await {
+        match dead_letter::dead_letter(
+            &self.publisher,
+            queue,
+            &delivery.data,
+            &delivery.properties,
+            reason,
+            &err.to_string(),
+        )
+        .await
+        {
             Ok(()) => {
                 if let Some(origin) = origin {
                     self.store(&ResultMeta::failure(err, origin)).await;
@@ -253,4 +291,3 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into());
     format!("task panicked: {what}")
 }
-

@@ -123,24 +123,61 @@ mod tests {
 
     #[test]
     fn binds_positional_and_keyword_like_python() {
-        let n: Notify = bind_named("t", PARAMS, &call(json!([7]), json!({"notification_type": "x"}))).unwrap();
-        assert_eq!(n, Notify { user_id: 7, notification_type: "x".into(), data: None });
+        let n: Notify = bind_named(
+            "t",
+            PARAMS,
+            &call(json!([7]), json!({"notification_type": "x"})),
+        )
+        .unwrap();
+        assert_eq!(
+            n,
+            Notify {
+                user_id: 7,
+                notification_type: "x".into(),
+                data: None
+            }
+        );
     }
 
     #[test]
     fn type_errors_name_task_argument_and_expectation() {
-        let e = bind_named::<Notify>("t.notify", PARAMS, &call(json!(["seven", "x"]), json!({}))).unwrap_err();
+        let e = bind_named::<Notify>("t.notify", PARAMS, &call(json!(["seven", "x"]), json!({})))
+            .unwrap_err();
         assert_eq!(e.exc_type, "TypeError");
-        assert!(e.message.contains("t.notify() argument 'user_id'"), "{}", e.message);
+        assert!(
+            e.message.contains("t.notify() argument 'user_id'"),
+            "{}",
+            e.message
+        );
         assert!(e.message.contains("expected i32"), "{}", e.message);
 
-        let e = bind_named::<Notify>("t", PARAMS, &call(json!([1]), json!({"user_id": 2}))).unwrap_err();
-        assert!(e.message.contains("multiple values for argument 'user_id'"), "{}", e.message);
-        let e = bind_named::<Notify>("t", PARAMS, &call(json!([1, "a", {}, 4]), json!({}))).unwrap_err();
-        assert!(e.message.contains("takes 3 positional arguments but 4 were given"), "{}", e.message);
-        let e = bind_named::<Notify>("t", PARAMS, &call(json!([1]), json!({"typo": 1}))).unwrap_err();
-        assert!(e.message.contains("unexpected keyword argument 'typo'"), "{}", e.message);
+        let e = bind_named::<Notify>("t", PARAMS, &call(json!([1]), json!({"user_id": 2})))
+            .unwrap_err();
+        assert!(
+            e.message.contains("multiple values for argument 'user_id'"),
+            "{}",
+            e.message
+        );
+        let e = bind_named::<Notify>("t", PARAMS, &call(json!([1, "a", {}, 4]), json!({})))
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("takes 3 positional arguments but 4 were given"),
+            "{}",
+            e.message
+        );
+        let e =
+            bind_named::<Notify>("t", PARAMS, &call(json!([1]), json!({"typo": 1}))).unwrap_err();
+        assert!(
+            e.message.contains("unexpected keyword argument 'typo'"),
+            "{}",
+            e.message
+        );
         let e = bind_named::<Notify>("t", PARAMS, &call(json!([1]), json!({}))).unwrap_err();
-        assert!(e.message.contains("missing field `notification_type`"), "{}", e.message);
+        assert!(
+            e.message.contains("missing field `notification_type`"),
+            "{}",
+            e.message
+        );
     }
 }

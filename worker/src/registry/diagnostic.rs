@@ -11,7 +11,11 @@ use crate::celery::TaskError;
 use crate::job_args;
 
 pub fn register(registry: &mut Registry) {
-    registry.register(Ping).register(Echo).register(Sleep).register(Fail);
+    registry
+        .register(Ping)
+        .register(Echo)
+        .register(Sleep)
+        .register(Fail);
 }
 
 /// `worker.ping()` -> `"pong"`.
@@ -56,7 +60,8 @@ job_args!(SleepArgs, ["seconds"]);
 impl Job for Sleep {
     const NAME: &'static str = "worker.sleep";
     const QUEUE: &'static str = "celery";
-    const DESCRIPTION: &'static str = "sleeps `seconds` (at most one day), returns {\"slept\": seconds}";
+    const DESCRIPTION: &'static str =
+        "sleeps `seconds` (at most one day), returns {\"slept\": seconds}";
     type Args = SleepArgs;
     type Output = Value;
 

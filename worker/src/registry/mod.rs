@@ -53,7 +53,8 @@ pub trait ErasedJob: Send + Sync {
     fn name(&self) -> &'static str;
     fn queue(&self) -> &'static str;
     fn description(&self) -> &'static str;
-    fn call(&self, call: CallArgs, ctx: JobContext) -> BoxFuture<'static, Result<Value, TaskError>>;
+    fn call(&self, call: CallArgs, ctx: JobContext)
+    -> BoxFuture<'static, Result<Value, TaskError>>;
 }
 
 struct Registered<J>(Arc<J>);
@@ -68,7 +69,11 @@ impl<J: Job> ErasedJob for Registered<J> {
     fn description(&self) -> &'static str {
         J::DESCRIPTION
     }
-    fn call(&self, call: CallArgs, ctx: JobContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    fn call(
+        &self,
+        call: CallArgs,
+        ctx: JobContext,
+    ) -> BoxFuture<'static, Result<Value, TaskError>> {
         let job = Arc::clone(&self.0);
         async move {
             let args = J::Args::bind(J::NAME, &call)?;
@@ -94,7 +99,8 @@ impl Registry {
 
     /// Register a job; a second job with the same name replaces the first.
     pub fn register<J: Job>(&mut self, job: J) -> &mut Self {
-        self.jobs.insert(J::NAME, Arc::new(Registered(Arc::new(job))));
+        self.jobs
+            .insert(J::NAME, Arc::new(Registered(Arc::new(job))));
         self
     }
 

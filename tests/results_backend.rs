@@ -1,0 +1,114 @@
+//! The Redis result backend against real Redis: a stored SUCCESS is never overwritten, every
+//! write is PUBLISHed on the key's channel (what Python's `.get()` waits on), results expire,
+//! and `ignore_result` messages store nothing.
+
+mod harness;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use harness::*;
+use lapin::BasicProperties;
+use lapin::types::ShortString;
+use redis::AsyncCommands;
+use serde_json::{Map, Value, json};
+use worker::celery::amqp_value::json_to_table;
+use worker::celery::result::Origin;
+use worker::celery::{ResultMeta, TaskMessage};
+use worker::results::{ResultStore, StoreOutcome, connect_redis};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn success_is_never_overwritten_and_every_write_is_published() {
+    let (client, conn) = connect_redis(REDIS_URL, Some(3)).await.unwrap();
+    let prefix = format!("{}:", unique("results"));
+    let store = ResultStore::new(client.clone(), conn, &prefix, 60);
+    let message = TaskMessage::minimal(&uuid::Uuid::new_v4().to_string(), Some("worker.ping"));
+    let origin = Origin {
+        message: &message,
+        queue: "q",
+        hostname: "h",
+        extended: true,
+    };
+
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(store.key(&message.id)).await.unwrap();
+    let mut published = pubsub.into_on_message();
+
+    assert_eq!(
+        store.store(&ResultMeta::started(origin)).await.unwrap(),
+        StoreOutcome::Written
+    );
+    assert_eq!(
+        store
+            .store(&ResultMeta::success(json!("pong"), origin))
+            .await
+            .unwrap(),
+        StoreOutcome::Written
+    );
+    // A redelivered message's STARTED must not replace the SUCCESS.
+    assert_eq!(
+        store.store(&ResultMeta::started(origin)).await.unwrap(),
+        StoreOutcome::KeptSuccess
+    );
+    let stored = store.get(&message.id).await.unwrap().unwrap();
+    assert_eq!(stored.status.as_str(), "SUCCESS");
+    assert_eq!(stored.result, json!("pong"));
+
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), published.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let payload: String = msg.get_payload().unwrap();
+        let doc: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            doc["task_id"],
+            message.id.as_str(),
+            "Python raises KeyError without task_id"
+        );
+        statuses.push(doc["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, ["STARTED", "SUCCESS"]);
+
+    let mut raw = redis().await;
+    let ttl: i64 = raw.ttl(store.key(&message.id)).await.unwrap();
+    assert!((1..=60).contains(&ttl), "ttl {ttl}");
+    let _: () = raw.del(store.key(&message.id)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignore_result_stores_nothing() {
+    let queue = unique("ignore");
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    let (_conn, channel) = amqp().await;
+    let publish = |id: &str, ignore: bool| {
+        let headers: Map<String, Value> =
+            json!({"lang": "py", "task": "worker.ping", "id": id, "ignore_result": ignore})
+                .as_object()
+                .cloned()
+                .unwrap();
+        BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_headers(json_to_table(&headers))
+    };
+    let ignored = uuid::Uuid::new_v4().to_string();
+    let kept = uuid::Uuid::new_v4().to_string();
+    publish_raw(&channel, &queue, b"[[], {}, null]", publish(&ignored, true)).await;
+    publish_raw(&channel, &queue, b"[[], {}, null]", publish(&kept, false)).await;
+    // With one queue and in-order delivery, by the time the second is stored the first has run.
+    let r = wait_result(&kept, Some("SUCCESS"), Duration::from_secs(30)).await;
+    assert!(r.is_some(), "{}", worker.logs());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        wait_result(&ignored, None, Duration::from_millis(10)).await,
+        None
+    );
+    assert_eq!(
+        worker.logs().matches("task finished").count(),
+        2,
+        "{}",
+        worker.logs()
+    );
+    delete_queue(&channel, &queue).await;
+}
