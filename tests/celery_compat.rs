@@ -19,11 +19,24 @@ async fn python_celery_round_trips_through_the_worker() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_python("celery_compat.py", &args)
     })
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     let text = stdout(&out);
-    assert!(out.status.success(), "python failed:\n{text}\n{}\nworker log:\n{}", stderr(&out), worker.logs());
-    for check in ["ok ping", "ok kombu types", "ok failure is ValueError", "ok argument mismatch is TypeError", "ok STARTED while running", "ok countdown", "ok NotRegistered"] {
+    assert!(
+        out.status.success(),
+        "python failed:\n{text}\n{}\nworker log:\n{}",
+        stderr(&out),
+        worker.logs()
+    );
+    for check in [
+        "ok ping",
+        "ok kombu types",
+        "ok failure is ValueError",
+        "ok argument mismatch is TypeError",
+        "ok STARTED while running",
+        "ok countdown",
+        "ok NotRegistered",
+    ] {
         assert!(text.contains(check), "missing {check:?} in:\n{text}");
     }
 
@@ -41,7 +54,10 @@ async fn python_celery_round_trips_through_the_worker() {
     assert_eq!(headers["id"], id.as_str());
     assert_eq!(headers["x-dead-letter-reason"], "not_registered");
     assert!(headers.contains_key("x-dead-letter-at"));
-    assert!(worker.logs().contains("unregistered task"), "no error logged naming the task");
+    assert!(
+        worker.logs().contains("unregistered task"),
+        "no error logged naming the task"
+    );
     for q in &queues {
         delete_queue(&channel, q).await;
     }

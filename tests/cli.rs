@@ -12,9 +12,29 @@ async fn send_and_result_round_trip_with_exit_codes() {
     let q = queue.clone();
     tokio::task::spawn_blocking(move || {
         // --wait prints the result; success exits 0.
-        let out = cli(&["send", "worker.echo", "--args", "[1, \"two\"]", "--queue", &q, "--wait", "--timeout", "30"]);
-        assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
-        assert!(stdout(&out).contains("state:   SUCCESS"), "{}", stdout(&out));
+        let out = cli(&[
+            "send",
+            "worker.echo",
+            "--args",
+            "[1, \"two\"]",
+            "--queue",
+            &q,
+            "--wait",
+            "--timeout",
+            "30",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).contains("state:   SUCCESS"),
+            "{}",
+            stdout(&out)
+        );
         assert!(stdout(&out).contains(r#"[1,"two"]"#), "{}", stdout(&out));
 
         // Without --wait it prints the id; `result --wait --json` then gives the document.
@@ -24,29 +44,58 @@ async fn send_and_result_round_trip_with_exit_codes() {
         assert_eq!(id.len(), 36, "an id: {id}");
         let out = cli(&["result", &id, "--wait", "--timeout", "30", "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        let doc: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("--json prints JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(stdout(&out).trim()).expect("--json prints JSON");
         assert_eq!(doc["status"], "SUCCESS");
         assert_eq!(doc["result"], "pong");
         assert_eq!(doc["task_id"], id.as_str());
         assert_eq!(doc["name"], "worker.ping");
 
         // A failure exits 1 and shows the error.
-        let out = cli(&["send", "worker.fail", "--args", "[\"boom\"]", "--queue", &q, "--wait", "--timeout", "30"]);
+        let out = cli(&[
+            "send",
+            "worker.fail",
+            "--args",
+            "[\"boom\"]",
+            "--queue",
+            &q,
+            "--wait",
+            "--timeout",
+            "30",
+        ]);
         assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-        assert!(stdout(&out).contains("builtins.ValueError: boom"), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("builtins.ValueError: boom"),
+            "{}",
+            stdout(&out)
+        );
 
         // Unknown id: pending, exit 2; a wait that times out: exit 2.
         let out = cli(&["result", &uuid::Uuid::new_v4().to_string()]);
         assert_eq!(out.status.code(), Some(2));
         assert!(stdout(&out).contains("PENDING"));
-        let out = cli(&["send", "worker.sleep", "--args", "[5]", "--queue", &q, "--wait", "--timeout", "1"]);
+        let out = cli(&[
+            "send",
+            "worker.sleep",
+            "--args",
+            "[5]",
+            "--queue",
+            &q,
+            "--wait",
+            "--timeout",
+            "1",
+        ]);
         assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
         assert!(stdout(&out).contains("timed out"), "{}", stdout(&out));
 
         // Bad input is refused with a message saying what to do.
         let out = cli(&["send", "worker.echo", "--args", "{not json", "--queue", &q]);
         assert_eq!(out.status.code(), Some(2));
-        assert!(stderr(&out).contains("--args must be a JSON list"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--args must be a JSON list"),
+            "{}",
+            stderr(&out)
+        );
         let out = cli(&["send", "no.such.task"]);
         assert_eq!(out.status.code(), Some(2));
         assert!(stderr(&out).contains("pass --queue"), "{}", stderr(&out));
@@ -64,14 +113,35 @@ async fn dead_letters_can_be_listed_and_replayed() {
     let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
     let q = queue.clone();
     tokio::task::spawn_blocking(move || {
-        let out = cli(&["send", "core.celery.tasks.not_here", "--queue", &q, "--wait", "--timeout", "30"]);
+        let out = cli(&[
+            "send",
+            "core.celery.tasks.not_here",
+            "--queue",
+            &q,
+            "--wait",
+            "--timeout",
+            "30",
+        ]);
         assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-        assert!(stdout(&out).contains("celery.exceptions.NotRegistered"), "{}", stdout(&out));
-        let id = stdout(&out).lines().next().unwrap().trim_start_matches("id:").trim().to_owned();
+        assert!(
+            stdout(&out).contains("celery.exceptions.NotRegistered"),
+            "{}",
+            stdout(&out)
+        );
+        let id = stdout(&out)
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("id:")
+            .trim()
+            .to_owned();
 
         let out = cli(&["dead-letters", "list", "--queue", &q, "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 1, "{}", stdout(&out));
         assert_eq!(lines[0]["task_id"], id.as_str());
         assert_eq!(lines[0]["reason"], "not_registered");
@@ -94,9 +164,16 @@ async fn dead_letters_can_be_listed_and_replayed() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(seen, 1, "the replayed message was processed again and dead-lettered again");
+    assert_eq!(
+        seen, 1,
+        "the replayed message was processed again and dead-lettered again"
+    );
     let logs = worker.logs();
-    assert_eq!(logs.matches("Received unregistered task").count(), 2, "{logs}");
+    assert_eq!(
+        logs.matches("Received unregistered task").count(),
+        2,
+        "{logs}"
+    );
     drop(worker);
     delete_queue(&channel, &queue).await;
 }

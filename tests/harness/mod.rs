@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-
-use lapin::options::{BasicGetOptions, QueueDeleteOptions, ExchangeDeleteOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use redis::AsyncCommands;
@@ -26,7 +28,10 @@ pub fn root() -> PathBuf {
 
 /// A unique name prefix for this test's queues.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// A `worker` child process with its log file.
@@ -105,7 +110,11 @@ pub fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = root().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run scripts/test, which creates the virtualenv with Celery", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test, which creates the virtualenv with Celery",
+        p.display()
+    );
     p
 }
 
@@ -125,14 +134,23 @@ pub async fn amqp() -> (Connection, Channel) {
         .await
         .expect("connect to RabbitMQ");
     let channel = conn.create_channel().await.expect("open channel");
-    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm.select");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
     (conn, channel)
 }
 
 /// Publish raw bytes to `queue` through the default exchange and wait for the confirm.
 pub async fn publish_raw(channel: &Channel, queue: &str, body: &[u8], props: BasicProperties) {
     channel
-        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, props)
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
         .await
         .expect("publish")
         .await
@@ -140,7 +158,10 @@ pub async fn publish_raw(channel: &Channel, queue: &str, body: &[u8], props: Bas
 }
 
 /// Take every message of `queue` (acking it) and return (headers as JSON, body).
-pub async fn drain(channel: &Channel, queue: &str) -> Vec<(serde_json::Map<String, Value>, Vec<u8>)> {
+pub async fn drain(
+    channel: &Channel,
+    queue: &str,
+) -> Vec<(serde_json::Map<String, Value>, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(msg) = channel
         .basic_get(queue.into(), BasicGetOptions { no_ack: true })
@@ -162,9 +183,13 @@ pub async fn drain(channel: &Channel, queue: &str) -> Vec<(serde_json::Map<Strin
 /// Delete a test queue, its exchange and its dead-letter queue.
 pub async fn delete_queue(channel: &Channel, queue: &str) {
     for q in [queue.to_owned(), format!("{queue}.dead")] {
-        let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
-    let _ = channel.exchange_delete(queue.into(), ExchangeDeleteOptions::default()).await;
+    let _ = channel
+        .exchange_delete(queue.into(), ExchangeDeleteOptions::default())
+        .await;
 }
 
 pub async fn redis() -> redis::aio::MultiplexedConnection {
@@ -181,7 +206,10 @@ pub async fn wait_result(id: &str, status: Option<&str>, timeout: Duration) -> O
     let start = Instant::now();
     let mut last = None;
     while start.elapsed() < timeout {
-        let raw: Option<String> = conn.get(format!("celery-task-meta-{id}")).await.expect("GET");
+        let raw: Option<String> = conn
+            .get(format!("celery-task-meta-{id}"))
+            .await
+            .expect("GET");
         if let Some(raw) = raw {
             let v: Value = serde_json::from_str(&raw).expect("result is JSON");
             if status.is_none_or(|s| v["status"] == s) {
@@ -197,7 +225,14 @@ pub async fn wait_result(id: &str, status: Option<&str>, timeout: Duration) -> O
 /// Count messages in `queue` without consuming them.
 pub async fn message_count(channel: &Channel, queue: &str) -> u32 {
     channel
-        .queue_declare(queue.into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .map(|q| q.message_count())
         .unwrap_or(0)
@@ -210,4 +245,3 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
-

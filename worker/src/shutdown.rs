@@ -13,7 +13,10 @@ pub async fn first_signal() -> std::io::Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    info!(signal = name, "shutting down: no new tasks, waiting for running ones");
+    info!(
+        signal = name,
+        "shutting down: no new tasks, waiting for running ones"
+    );
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {},

@@ -17,7 +17,11 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = if json {
-        builder.json().with_current_span(true).with_span_list(false).try_init()
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.try_init()
     };
