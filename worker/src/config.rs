@@ -110,9 +110,42 @@ pub struct RunSettings {
     /// Bodies larger than this go to the dead-letter queue unread.
     #[arg(long, env = "WORKER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// Seconds of eta waited for in memory; a task due later is parked in the Redis delayed
+    /// store and acked, so no message stays unacked near RabbitMQ's consumer_timeout (30 min).
+    #[arg(long, env = "WORKER_ETA_HOLD", default_value_t = 5.0)]
+    pub eta_hold: f64,
+
+    /// Soft time limit in seconds (cooperative cancel, SoftTimeLimitExceeded); 0 = none.
+    #[arg(long, env = "WORKER_SOFT_TIME_LIMIT", default_value_t = 1500.0)]
+    pub soft_time_limit: f64,
+
+    /// Hard time limit in seconds (task abandoned, TimeLimitExceeded); 0 = none.
+    #[arg(long, env = "WORKER_TIME_LIMIT", default_value_t = 1800.0)]
+    pub time_limit: f64,
+
+    /// Final results kept in memory while Redis is unreachable; beyond it the oldest is dropped.
+    #[arg(long, env = "WORKER_RESULT_BUFFER", default_value_t = 10_000)]
+    pub result_buffer: usize,
+
+    /// Prefix of the worker's own Redis keys (delayed store, scheduler state).
+    #[arg(long, env = "WORKER_KEY_PREFIX", default_value = "worker:")]
+    pub key_prefix: String,
 }
 
 impl RunSettings {
+    pub fn time_limits(&self) -> crate::engine::time_limit::TimeLimits {
+        let secs = |s: f64| Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero());
+        crate::engine::time_limit::TimeLimits {
+            soft: secs(self.soft_time_limit),
+            hard: secs(self.time_limit),
+        }
+    }
+
+    pub fn eta_hold(&self) -> Duration {
+        Duration::try_from_secs_f64(self.eta_hold).unwrap_or(Duration::from_secs(5))
+    }
+
     pub fn hostname(&self) -> String {
         self.hostname
             .clone()

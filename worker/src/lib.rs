@@ -9,6 +9,7 @@ pub mod broker;
 pub mod celery;
 pub mod cli;
 pub mod config;
+pub mod delay;
 pub mod engine;
 pub mod registry;
 pub mod results;

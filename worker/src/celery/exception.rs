@@ -18,6 +18,8 @@ pub struct TaskError {
     pub causes: Vec<String>,
     /// Whether running the task again may succeed (network down, database restarting...).
     pub transient: bool,
+    /// The job asks to be retried after this long (Celery's `self.retry(countdown=...)`).
+    pub retry_in: Option<std::time::Duration>,
 }
 
 impl TaskError {
@@ -28,6 +30,7 @@ impl TaskError {
             message: message.into(),
             causes: Vec::new(),
             transient: false,
+            retry_in: None,
         }
     }
 
@@ -74,6 +77,11 @@ impl TaskError {
 
     pub fn transient(mut self, transient: bool) -> Self {
         self.transient = transient;
+        self
+    }
+
+    pub fn retry_in(mut self, countdown: std::time::Duration) -> Self {
+        self.retry_in = Some(countdown);
         self
     }
 

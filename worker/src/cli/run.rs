@@ -12,9 +12,10 @@ use super::Outcome;
 use crate::broker::consumer::{self, ConsumerControl};
 use crate::broker::publisher::Publisher;
 use crate::config::{ConnectionSettings, RunSettings, redact_url};
+use crate::delay::{self, DelayedStore};
 use crate::engine::{self, Executor, ExecutorSettings};
 use crate::registry::default_registry;
-use crate::results::{ResultStore, connect_redis};
+use crate::results::{ResultStore, ResultWriter, connect_redis};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -41,8 +42,19 @@ pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Out
     let (client, redis) = connect_redis(&conn.redis_url_with_db(), None)
         .await
         .context("connecting to Redis")?;
-    let results = ResultStore::new(client, redis, &conn.result_key_prefix, conn.result_expires);
+    let delayed = DelayedStore::new(redis.clone(), &settings.key_prefix);
+    let results = ResultWriter::new(
+        ResultStore::new(client, redis, &conn.result_key_prefix, conn.result_expires),
+        settings.result_buffer,
+    );
     let publisher = Arc::new(Publisher::new(&conn.rabbitmq_url));
+    let background = CancellationToken::new();
+    let flusher = tokio::spawn(Arc::clone(&results).run_flusher(background.clone()));
+    let poller = tokio::spawn(delay::poller::run(
+        delayed.clone(),
+        Arc::clone(&publisher),
+        background.clone(),
+    ));
 
     let control = ConsumerControl {
         stop_consuming: CancellationToken::new(),
@@ -57,12 +69,15 @@ pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Out
     let executor = Arc::new(Executor::new(
         registry,
         results,
+        delayed,
         publisher,
         ExecutorSettings {
             hostname,
             track_started: settings.track_started,
             result_extended: settings.result_extended,
             max_message_bytes: settings.max_message_bytes,
+            eta_hold: settings.eta_hold(),
+            time_limits: settings.time_limits(),
         },
     ));
 
@@ -85,6 +100,9 @@ pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Out
     control.stop_consuming.cancel();
     control.close.cancel();
     let _ = consumer.await;
+    background.cancel();
+    let _ = poller.await;
+    let _ = flusher.await;
     info!("worker stopped");
     Ok(Outcome::Success)
 }

@@ -1,42 +1,48 @@
 //! What happens to one delivery, start to finish.
 //!
-//! decode -> (dead-letter if it cannot be decoded) -> look the task up (NotRegistered +
-//! dead-letter if unknown) -> skip if expired (REVOKED) -> wait for its eta -> STARTED -> run ->
-//! SUCCESS or FAILURE -> ack. The ack comes last, after the outcome is stored: a crash anywhere
-//! before it means RabbitMQ redelivers the message (at-least-once), and a stored SUCCESS is
-//! never overwritten by the rerun's STARTED.
+//! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> skip
+//! if expired (REVOKED) -> if its eta is far, park it in the delayed store -> STARTED -> run
+//! within its time limits -> SUCCESS, RETRY (republished) or FAILURE -> ack. The ack comes last,
+//! after the outcome is recorded: a crash anywhere before it means RabbitMQ redelivers the
+//! message (at-least-once), and a stored SUCCESS is never overwritten by the rerun's STARTED.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use serde_json::{Map, Value};
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::retry::{self, Decision};
+use super::time_limit::{TimeLimits, run_limited};
 use crate::broker::dead_letter;
 use crate::broker::publisher::Publisher;
 use crate::celery::amqp_value::table_to_json;
 use crate::celery::message::{RawMessage, decode};
 use crate::celery::result::Origin;
 use crate::celery::{DecodeFailure, ResultMeta, TaskError, TaskMessage};
-use crate::registry::{CallArgs, JobContext, Registry};
-use crate::results::ResultStore;
+use crate::delay::{DelayedMessage, DelayedStore};
+use crate::registry::{CallArgs, ErasedJob, JobContext, Registry};
+use crate::results::ResultWriter;
 
-/// How results are written.
+/// How tasks are run and results written.
 #[derive(Debug, Clone)]
 pub struct ExecutorSettings {
     pub hostname: String,
     pub track_started: bool,
     pub result_extended: bool,
     pub max_message_bytes: usize,
+    /// An eta at most this far away is waited for in memory; a later one goes to the delayed store.
+    pub eta_hold: Duration,
+    pub time_limits: TimeLimits,
 }
 
 pub struct Executor {
     registry: Registry,
-    results: ResultStore,
+    results: Arc<ResultWriter>,
+    delayed: DelayedStore,
     publisher: Arc<Publisher>,
     settings: ExecutorSettings,
 }
@@ -44,27 +50,29 @@ pub struct Executor {
 /// How a delivery is settled with the broker.
 enum Settle {
     Ack,
-    /// Back to the queue: we could not record the outcome, so someone must run it again.
+    /// Back to the queue: the outcome could not be recorded, so it must run again.
     Requeue,
 }
 
 impl Executor {
     pub fn new(
         registry: Registry,
-        results: ResultStore,
+        results: Arc<ResultWriter>,
+        delayed: DelayedStore,
         publisher: Arc<Publisher>,
         settings: ExecutorSettings,
     ) -> Self {
         Self {
             registry,
             results,
+            delayed,
             publisher,
             settings,
         }
     }
 
-    /// Process one delivery and settle it with the broker. Never panics, never returns early
-    /// without settling (except when the channel itself is gone, and then RabbitMQ requeues).
+    /// Process one delivery and settle it with the broker. Never panics; when settling fails
+    /// the channel is gone and RabbitMQ requeues the message by itself.
     pub async fn process(&self, queue: &str, delivery: Delivery) {
         let headers = delivery
             .properties
@@ -103,6 +111,8 @@ impl Executor {
         let result = match settle {
             Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
             Settle::Requeue => {
+                // Do not spin on a service that keeps failing.
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -113,19 +123,21 @@ impl Executor {
             }
         };
         if let Err(e) = result {
-            // The channel is gone; RabbitMQ will redeliver the message to someone.
             warn!(queue, error = %e, "could not settle a delivery; it will be redelivered");
         }
     }
 
-    async fn run_message(&self, queue: &str, delivery: &Delivery, message: TaskMessage) -> Settle {
-        let origin = Origin {
-            message: &message,
+    fn origin<'a>(&'a self, message: &'a TaskMessage, queue: &'a str) -> Origin<'a> {
+        Origin {
+            message,
             queue,
             hostname: &self.settings.hostname,
             extended: self.settings.result_extended,
-        };
+        }
+    }
 
+    async fn run_message(&self, queue: &str, delivery: &Delivery, message: TaskMessage) -> Settle {
+        let origin = self.origin(&message, queue);
         let Some(job) = self.registry.get(&message.task) else {
             error!(task = %message.task, "Received unregistered task of type {:?}; moving it to {queue}.dead", message.task);
             let err = TaskError::not_registered(&message.task);
@@ -138,27 +150,52 @@ impl Executor {
             && Utc::now() > expires
         {
             info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
-            let ok = self
-                .store(&ResultMeta::revoked(&TaskError::expired(), origin))
+            self.results
+                .write(ResultMeta::revoked(&TaskError::expired(), origin))
                 .await;
-            return if ok { Settle::Ack } else { Settle::Requeue };
+            return Settle::Ack;
         }
 
         if let Some(eta) = message.eta
             && let Ok(wait) = (eta - Utc::now()).to_std()
         {
-            info!(eta = %eta, "waiting for the task's eta");
+            if wait > self.settings.eta_hold {
+                return self
+                    .park(queue, delivery, &message, &headers_of(delivery), eta)
+                    .await;
+            }
             tokio::time::sleep(wait).await;
         }
 
         let record = !message.ignore_result;
         if record && self.settings.track_started {
-            // Best effort: a missing STARTED loses nothing, a missing final state does.
-            if let Err(e) = self.results.store(&ResultMeta::started(origin)).await {
-                warn!(error = %e, "could not store STARTED");
-            }
+            self.results
+                .write_transient_state(&ResultMeta::started(origin))
+                .await;
         }
+        let outcome = self.invoke(job.as_ref(), &message).await;
+        match outcome {
+            Ok(value) => {
+                if record {
+                    self.results.write(ResultMeta::success(value, origin)).await;
+                }
+                Settle::Ack
+            }
+            Err(err) => match retry::decide(&err, message.retries, job.max_retries()) {
+                Decision::Retry { countdown } => {
+                    self.retry(queue, &message, &err, countdown, record).await
+                }
+                Decision::Fail => {
+                    if record {
+                        self.results.write(ResultMeta::failure(&err, origin)).await;
+                    }
+                    Settle::Ack
+                }
+            },
+        }
+    }
 
+    async fn invoke(&self, job: &dyn ErasedJob, message: &TaskMessage) -> Result<Value, TaskError> {
         info!("task started");
         let started = Instant::now();
         let ctx = JobContext {
@@ -171,30 +208,85 @@ impl Executor {
             args: message.args.clone(),
             kwargs: message.kwargs.clone(),
         };
-        let outcome = AssertUnwindSafe(job.call(call, ctx))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| Err(TaskError::runtime_error(panic_message(&panic))));
-        let duration = started.elapsed();
-
-        let meta = match &outcome {
-            Ok(value) => {
-                info!(
-                    duration_ms = millis(duration),
-                    outcome = "success",
-                    "task finished"
-                );
-                ResultMeta::success(value.clone(), origin)
+        let limits = TimeLimits::for_message(self.settings.time_limits, message.timelimit);
+        let outcome = run_limited(job.call(call, ctx), limits).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match &outcome {
+            Ok(_) => info!(duration_ms, outcome = "success", "task finished"),
+            Err(e) => {
+                warn!(duration_ms, outcome = "failure", error = %e, transient = e.transient, "task finished")
             }
-            Err(err) => {
-                warn!(duration_ms = millis(duration), outcome = "failure", error = %err, "task finished");
-                ResultMeta::failure(err, origin)
-            }
-        };
-        if record && !self.store(&meta).await {
-            return Settle::Requeue;
         }
-        Settle::Ack
+        outcome
+    }
+
+    /// Celery's `task.retry()`: the same id, `retries + 1`, an eta, back to the same queue.
+    async fn retry(
+        &self,
+        queue: &str,
+        message: &TaskMessage,
+        err: &TaskError,
+        countdown: Duration,
+        record: bool,
+    ) -> Settle {
+        let (headers, body) = retry::retry_message(message, countdown);
+        let props = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into())
+            .with_delivery_mode(2)
+            .with_correlation_id(message.id.as_str().into())
+            .with_headers(crate::celery::amqp_value::json_to_table(&headers));
+        match self.publisher.publish(queue, &body, props, true).await {
+            Ok(()) => {
+                info!(countdown_s = countdown.as_secs_f64(), retries = message.retries + 1, error = %err, "task will be retried");
+                if record {
+                    self.results
+                        .write_transient_state(&ResultMeta::retry(err, self.origin(message, queue)))
+                        .await;
+                }
+                Settle::Ack
+            }
+            Err(e) => {
+                warn!(error = %e, "could not publish the retry; the message goes back to the queue");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Move a message whose eta is far away into the delayed store, then ack it.
+    async fn park(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        message: &TaskMessage,
+        headers: &Map<String, Value>,
+        eta: chrono::DateTime<Utc>,
+    ) -> Settle {
+        let p = &delivery.properties;
+        let parked = DelayedMessage {
+            token: uuid::Uuid::new_v4().to_string(),
+            queue: queue.to_owned(),
+            task_id: Some(message.id.clone()),
+            due: eta,
+            // Decoding succeeded, so the body is UTF-8.
+            body: String::from_utf8_lossy(&delivery.data).into_owned(),
+            headers: headers.clone(),
+            content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
+            content_encoding: p.content_encoding().as_ref().map(|s| s.as_str().to_owned()),
+            correlation_id: p.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
+            reply_to: p.reply_to().as_ref().map(|s| s.as_str().to_owned()),
+            priority: *p.priority(),
+        };
+        match self.delayed.put(&parked).await {
+            Ok(()) => {
+                info!(eta = %eta, "eta is far: parked in the delayed store");
+                Settle::Ack
+            }
+            Err(e) => {
+                warn!(error = %e, "could not park a delayed task; it goes back to the queue");
+                Settle::Requeue
+            }
+        }
     }
 
     /// A message we cannot even read: dead-letter it, and store FAILURE if it named an id.
@@ -211,20 +303,13 @@ impl Executor {
             .task_id
             .as_deref()
             .map(|id| TaskMessage::minimal(id, failure.task.as_deref()));
-        let origin = message.as_ref().map(|message| Origin {
-            message,
-            queue,
-            hostname: &self.settings.hostname,
-            extended: self.settings.result_extended,
-        });
+        let origin = message.as_ref().map(|m| self.origin(m, queue));
         self.dead_letter_then_fail(queue, delivery, reason, &err, origin)
             .await
     }
 
     /// Move the message to `<queue>.dead` first, then store FAILURE (when it has an id), so that
-    /// by the time a Python caller sees the error the message is already in the dead-letter
-    /// queue. A FAILURE that cannot be stored is logged, not retried by requeueing: the message
-    /// itself is safe in the dead-letter queue.
+    /// by the time a Python caller sees the error the message is already in the dead-letter queue.
     async fn dead_letter_then_fail(
         &self,
         queue: &str,
@@ -245,49 +330,23 @@ impl Executor {
         {
             Ok(()) => {
                 if let Some(origin) = origin {
-                    self.store(&ResultMeta::failure(err, origin)).await;
+                    self.results.write(ResultMeta::failure(err, origin)).await;
                 }
                 Settle::Ack
             }
             Err(e) => {
                 error!(queue, error = %e, "could not dead-letter a message; requeueing it");
-                // Do not spin on a broker that refuses publishes.
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 Settle::Requeue
             }
         }
     }
-
-    /// Store a result, retrying briefly; false when Redis stayed unreachable.
-    async fn store(&self, meta: &ResultMeta) -> bool {
-        let mut attempt = 0;
-        loop {
-            match self.results.store(meta).await {
-                Ok(_) => return true,
-                Err(e) if attempt < 4 => {
-                    let wait = crate::config::backoff(attempt, Duration::from_secs(5));
-                    warn!(error = %e, retry_in = ?wait, "could not store the result; retrying");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    error!(error = %e, status = meta.status.as_str(), "could not store the result; the message goes back to the queue");
-                    return false;
-                }
-            }
-        }
-    }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("task panicked: {what}")
+fn headers_of(delivery: &Delivery) -> Map<String, Value> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(table_to_json)
+        .unwrap_or_default()
 }

@@ -6,7 +6,9 @@
 //! inside jobs.
 
 mod executor;
+pub mod retry;
 mod service;
+pub mod time_limit;
 
 pub use executor::{Executor, ExecutorSettings};
 pub use service::QueueService;

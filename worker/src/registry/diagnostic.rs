@@ -54,8 +54,11 @@ pub struct Sleep;
 #[derive(Debug, Deserialize)]
 pub struct SleepArgs {
     seconds: f64,
+    /// Block the thread instead of awaiting: a job that cannot be cancelled (hard time limit).
+    #[serde(default)]
+    blocking: bool,
 }
-job_args!(SleepArgs, ["seconds"]);
+job_args!(SleepArgs, ["seconds", "blocking"]);
 
 impl Job for Sleep {
     const NAME: &'static str = "worker.sleep";
@@ -72,32 +75,51 @@ impl Job for Sleep {
                 args.seconds
             )));
         }
-        tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+        let duration = Duration::from_secs_f64(args.seconds);
+        if args.blocking {
+            std::thread::sleep(duration);
+        } else {
+            tokio::time::sleep(duration).await;
+        }
         Ok(json!({"slept": args.seconds}))
     }
 }
 
-/// `worker.fail(message)`: always fails with `ValueError(message)`.
+/// `worker.fail(message, retry_countdown=None, transient=False)`: always fails with
+/// `ValueError(message)`; asks for a retry after `retry_countdown` seconds, or fails with a
+/// transient error (retried with backoff), so that operators can watch the retry path.
 pub struct Fail;
 
 #[derive(Debug, Deserialize)]
 pub struct FailArgs {
     #[serde(default = "default_message")]
     message: String,
+    #[serde(default)]
+    retry_countdown: Option<f64>,
+    #[serde(default)]
+    transient: bool,
 }
 fn default_message() -> String {
     "worker.fail was asked to fail".into()
 }
-job_args!(FailArgs, ["message"]);
+job_args!(FailArgs, ["message", "retry_countdown", "transient"]);
 
 impl Job for Fail {
     const NAME: &'static str = "worker.fail";
     const QUEUE: &'static str = "celery";
-    const DESCRIPTION: &'static str = "fails with ValueError(message)";
+    const DESCRIPTION: &'static str = "fails with ValueError(message); retry_countdown=S asks for retries, transient=True backs off";
+    const MAX_RETRIES: u32 = 3;
     type Args = FailArgs;
     type Output = Value;
 
     async fn run(&self, args: FailArgs, _: JobContext) -> Result<Value, TaskError> {
-        Err(TaskError::value_error(args.message))
+        let err = TaskError::value_error(args.message).transient(args.transient);
+        match args
+            .retry_countdown
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        {
+            Some(countdown) => Err(err.retry_in(countdown)),
+            None => Err(err),
+        }
     }
 }

@@ -37,6 +37,8 @@ pub trait Job: Send + Sync + 'static {
     const QUEUE: &'static str;
     /// One line for `worker tasks` and the README.
     const DESCRIPTION: &'static str;
+    /// Retries of transient errors (and of requested retries) before FAILURE.
+    const MAX_RETRIES: u32 = 5;
 
     type Args: JobArgs + Send;
     type Output: Serialize + Send;
@@ -53,6 +55,7 @@ pub trait ErasedJob: Send + Sync {
     fn name(&self) -> &'static str;
     fn queue(&self) -> &'static str;
     fn description(&self) -> &'static str;
+    fn max_retries(&self) -> u32;
     fn call(&self, call: CallArgs, ctx: JobContext)
     -> BoxFuture<'static, Result<Value, TaskError>>;
 }
@@ -68,6 +71,9 @@ impl<J: Job> ErasedJob for Registered<J> {
     }
     fn description(&self) -> &'static str {
         J::DESCRIPTION
+    }
+    fn max_retries(&self) -> u32 {
+        J::MAX_RETRIES
     }
     fn call(
         &self,

@@ -1,0 +1,359 @@
+//! Delivery guarantees that need no service outage: eta and countdown (in memory and through the
+//! Redis delayed store), expiry, retries, time limits, graceful shutdown.
+
+mod harness;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use harness::*;
+use redis::AsyncCommands;
+use serde_json::{Map, Value, json};
+use worker::celery::OutgoingTask;
+
+async fn send(queue: &str, task: &OutgoingTask) {
+    let (_conn, channel) = amqp().await;
+    publish_raw(&channel, queue, &task.body(), task.properties()).await;
+}
+
+fn task(name: &str, args: Value) -> OutgoingTask {
+    OutgoingTask::new(
+        name,
+        args.as_array().cloned().unwrap_or_default(),
+        Map::new(),
+    )
+}
+
+fn unacked(queue: &str) -> (u64, u64) {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&queue))
+                .then(|| (cols[1].parse().unwrap_or(0), cols[2].parse().unwrap_or(0)))
+        })
+        .unwrap_or_else(|| panic!("queue {queue} not listed:\n{text}"))
+}
+
+async fn zcard(key: &str) -> u64 {
+    redis().await.zcard(key).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn countdown_through_the_delayed_store_runs_on_time() {
+    let queue = unique("eta");
+    let prefix = format!("{queue}:");
+    let env = [
+        ("WORKER_ETA_HOLD", "1"),
+        ("WORKER_KEY_PREFIX", prefix.as_str()),
+    ];
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &env);
+    let mut t = task("worker.ping", json!([]));
+    let sent = Utc::now();
+    t.eta = Some(sent + chrono::Duration::seconds(3));
+    send(&queue, &t).await;
+    // Parked in Redis, not held by the broker.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        zcard(&format!("{prefix}delayed")).await,
+        1,
+        "{}",
+        worker.logs()
+    );
+    let r = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(10))
+        .await
+        .expect("SUCCESS");
+    let done = worker::celery::message::parse_time(r["date_done"].as_str().unwrap()).unwrap();
+    let after = (done - sent).num_milliseconds();
+    assert!(
+        (3000..4000).contains(&after),
+        "ran {after} ms after sending"
+    );
+    assert_eq!(zcard(&format!("{prefix}delayed")).await, 0);
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_countdown_survives_restarts_and_is_not_held_unacked() {
+    let queue = unique("eta-long");
+    let prefix = format!("{queue}:");
+    let env = [
+        ("WORKER_ETA_HOLD", "1"),
+        ("WORKER_KEY_PREFIX", prefix.as_str()),
+    ];
+    let first = WorkerProcess::start(std::slice::from_ref(&queue), &env);
+    let mut two_hours = task("worker.ping", json!([]));
+    two_hours.eta = Some(Utc::now() + chrono::Duration::hours(2));
+    send(&queue, &two_hours).await;
+    let mut soon = task("worker.ping", json!([]));
+    let sent = Utc::now();
+    soon.eta = Some(sent + chrono::Duration::seconds(5));
+    send(&queue, &soon).await;
+
+    let delayed = format!("{prefix}delayed");
+    for _ in 0..50 {
+        if zcard(&delayed).await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(zcard(&delayed).await, 2, "{}", first.logs());
+    let q = queue.clone();
+    let counts = tokio::task::spawn_blocking(move || unacked(&q))
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        (0, 0),
+        "(ready, unacked) while waiting for the etas"
+    );
+
+    // Kill the worker while both wait; a new one publishes the 5 s task on time.
+    drop(first);
+    let second = WorkerProcess::start(std::slice::from_ref(&queue), &env);
+    let r = wait_result(&soon.id, Some("SUCCESS"), Duration::from_secs(15))
+        .await
+        .expect("SUCCESS");
+    let done = worker::celery::message::parse_time(r["date_done"].as_str().unwrap()).unwrap();
+    assert!((done - sent).num_milliseconds() >= 5000, "ran early: {r}");
+    assert_eq!(
+        zcard(&delayed).await,
+        1,
+        "the 2 h task still waits:\n{}",
+        second.logs()
+    );
+    assert_eq!(
+        wait_result(&two_hours.id, None, Duration::from_millis(10)).await,
+        None
+    );
+
+    let _: () = redis().await.del(&delayed).await.unwrap();
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_task_is_revoked_and_not_run() {
+    let queue = unique("expires");
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    let mut t = task("worker.echo", json!(["never"]));
+    t.expires = Some(Utc::now() - chrono::Duration::seconds(1));
+    let mut props_task = t.clone();
+    props_task.expires = None; // no AMQP TTL, so the broker delivers it and the worker decides
+    let (_conn, channel) = amqp().await;
+    let headers = t.headers();
+    publish_raw(
+        &channel,
+        &queue,
+        &t.body(),
+        props_task
+            .properties()
+            .with_headers(worker::celery::amqp_value::json_to_table(&headers)),
+    )
+    .await;
+    let r = wait_result(&t.id, Some("REVOKED"), Duration::from_secs(10))
+        .await
+        .expect("REVOKED");
+    assert_eq!(
+        r["result"],
+        json!({"exc_type": "TaskRevokedError", "exc_message": ["expired"], "exc_module": "celery.exceptions"})
+    );
+    assert!(!worker.logs().contains("task started"), "{}", worker.logs());
+    assert_eq!(message_count(&channel, &queue).await, 0);
+    delete_queue(&channel, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_republish_the_same_id_then_fail() {
+    let queue = unique("retry");
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    let mut t = task("worker.fail", json!(["try again"]));
+    t.kwargs.insert("retry_countdown".into(), json!(0.3));
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("celery-task-meta-{}", t.id))
+        .await
+        .unwrap();
+    let mut published = pubsub.into_on_message();
+    send(&queue, &t).await;
+
+    let mut states = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), published.next()).await
+        else {
+            break;
+        };
+        let doc: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        let status = doc["status"].as_str().unwrap().to_owned();
+        states.push((status.clone(), doc["retries"].as_u64()));
+        if status == "FAILURE" {
+            assert_eq!(doc["result"]["exc_type"], "ValueError");
+            break;
+        }
+    }
+    let statuses: Vec<&str> = states
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .filter(|s| *s != "STARTED")
+        .collect();
+    assert_eq!(
+        statuses,
+        ["RETRY", "RETRY", "RETRY", "FAILURE"],
+        "{states:?}\n{}",
+        worker.logs()
+    );
+    assert_eq!(
+        states.last().unwrap().1,
+        Some(3),
+        "the final run is retry number 3"
+    );
+    assert_eq!(worker.logs().matches("task will be retried").count(), 3);
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn time_limits_from_the_header_and_the_worker_stays_healthy() {
+    let queue = unique("limits");
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    let mut soft = task("worker.sleep", json!([30]));
+    soft.extra_headers
+        .insert("timelimit".into(), json!([10, 1]));
+    let mut hard = task("worker.sleep", json!([4]));
+    hard.kwargs.insert("blocking".into(), json!(true));
+    hard.extra_headers
+        .insert("timelimit".into(), json!([1.5, 0.5]));
+    let started = Instant::now();
+    send(&queue, &soft).await;
+    send(&queue, &hard).await;
+
+    let r = wait_result(&soft.id, Some("FAILURE"), Duration::from_secs(10))
+        .await
+        .expect("soft limit FAILURE");
+    assert_eq!(
+        (
+            r["result"]["exc_module"].as_str(),
+            r["result"]["exc_type"].as_str()
+        ),
+        (Some("billiard.exceptions"), Some("SoftTimeLimitExceeded"))
+    );
+    let r = wait_result(&hard.id, Some("FAILURE"), Duration::from_secs(10))
+        .await
+        .expect("hard limit FAILURE");
+    assert_eq!(r["result"]["exc_type"], "TimeLimitExceeded", "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "limits applied late: {:?}",
+        started.elapsed()
+    );
+
+    let ping = task("worker.ping", json!([]));
+    send(&queue, &ping).await;
+    assert!(
+        wait_result(&ping.id, Some("SUCCESS"), Duration::from_secs(10))
+            .await
+            .is_some(),
+        "{}",
+        worker.logs()
+    );
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+}
+
+fn sigterm(worker: &WorkerProcess) {
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(worker: &mut WorkerProcess, timeout: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(status)) = worker.child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_running_task_finish_then_exits_zero() {
+    let queue = unique("term");
+    let mut worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("WORKER_SHUTDOWN_GRACE", "30")],
+    );
+    let t = task("worker.sleep", json!([2]));
+    send(&queue, &t).await;
+    wait_result(&t.id, Some("STARTED"), Duration::from_secs(10))
+        .await
+        .expect("STARTED");
+    sigterm(&worker);
+    let code = tokio::task::spawn_blocking(move || {
+        let code = wait_exit(&mut worker, Duration::from_secs(15));
+        (code, worker.logs())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "{}", code.1);
+    let r = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(1))
+        .await
+        .expect("finished before exit");
+    assert_eq!(r["status"], "SUCCESS");
+    let (_c, channel) = amqp().await;
+    assert_eq!(message_count(&channel, &queue).await, 0);
+    delete_queue(&channel, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_past_the_grace_hands_the_task_to_another_worker() {
+    let queue = unique("term-grace");
+    let mut first = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[
+            ("WORKER_SHUTDOWN_GRACE", "1"),
+            ("WORKER_HOSTNAME", "first@test"),
+        ],
+    );
+    let t = task("worker.sleep", json!([4]));
+    send(&queue, &t).await;
+    wait_result(&t.id, Some("STARTED"), Duration::from_secs(10))
+        .await
+        .expect("STARTED");
+    sigterm(&first);
+    let (code, logs) = tokio::task::spawn_blocking(move || {
+        let code = wait_exit(&mut first, Duration::from_secs(10));
+        (code, first.logs())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{logs}");
+    let second = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("WORKER_HOSTNAME", "second@test")],
+    );
+    let r = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(15))
+        .await
+        .expect("completed elsewhere");
+    assert_eq!(r["worker"], "second@test", "{r}\n{}", second.logs());
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+}

@@ -1,0 +1,142 @@
+//! Results survive a Redis outage: the seed's "graceful degradation".
+//!
+//! Jobs keep running while Redis is down; a final result that cannot be written goes into a
+//! bounded in-memory buffer, in order, and a flusher writes the buffer out as soon as Redis
+//! answers again. When the buffer is full the oldest result is dropped and counted, with a
+//! warning: memory stays bounded and the newest outcomes win.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{ResultStore, StoreOutcome};
+use crate::celery::ResultMeta;
+
+pub struct ResultWriter {
+    store: ResultStore,
+    buffer: Mutex<VecDeque<ResultMeta>>,
+    capacity: usize,
+    dropped: AtomicU64,
+}
+
+/// What happened to a final result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Stored(StoreOutcome),
+    Buffered,
+}
+
+impl ResultWriter {
+    pub fn new(store: ResultStore, capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            buffer: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn store(&self) -> &ResultStore {
+        &self.store
+    }
+
+    /// Write a final result now, or buffer it if Redis does not answer.
+    pub async fn write(&self, meta: ResultMeta) -> Written {
+        // Behind buffered results, a new one waits its turn so that order is kept per task.
+        if self.buffered() == 0 {
+            match self.store.store(&meta).await {
+                Ok(outcome) => return Written::Stored(outcome),
+                Err(e) => {
+                    warn!(error = %e, task_id = %meta.task_id, "Redis unavailable; buffering the result")
+                }
+            }
+        }
+        self.push(meta);
+        Written::Buffered
+    }
+
+    /// A STARTED or RETRY state: useful, not essential; never buffered.
+    pub async fn write_transient_state(&self, meta: &ResultMeta) {
+        if self.buffered() > 0 {
+            return;
+        }
+        if let Err(e) = self.store.store(meta).await {
+            warn!(error = %e, status = meta.status.as_str(), "could not store an intermediate state");
+        }
+    }
+
+    fn push(&self, meta: ResultMeta) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        if buffer.len() >= self.capacity
+            && let Some(old) = buffer.pop_front()
+        {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            warn!(task_id = %old.task_id, dropped_total = dropped, capacity = self.capacity, "result buffer full; dropped the oldest result");
+        }
+        buffer.push_back(meta);
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buffer.lock().map(|b| b.len()).unwrap_or(0)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Write out buffered results in order until the buffer is empty or Redis fails again.
+    pub async fn flush(&self) -> usize {
+        let mut written = 0;
+        loop {
+            let next = {
+                let buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+                buffer.front().cloned()
+            };
+            let Some(meta) = next else { return written };
+            if self.store.store(&meta).await.is_err() {
+                return written;
+            }
+            let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+            if buffer
+                .front()
+                .is_some_and(|m| m.task_id == meta.task_id && m.status == meta.status)
+            {
+                buffer.pop_front();
+            }
+            written += 1;
+        }
+    }
+
+    /// Flush every second until `stop`, then once more.
+    pub async fn run_flusher(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if self.buffered() > 0 {
+                let n = self.flush().await;
+                if n > 0 {
+                    info!(
+                        written = n,
+                        still_buffered = self.buffered(),
+                        "wrote buffered results to Redis"
+                    );
+                }
+            }
+        }
+        let n = self.flush().await;
+        let left = self.buffered();
+        if left > 0 {
+            warn!(
+                written = n,
+                lost = left,
+                "Redis still unavailable at exit; buffered results are lost (their tasks ran)"
+            );
+        }
+    }
+}
