@@ -54,6 +54,7 @@ impl WorkerProcess {
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
+            .env("WORKER_HTTP_ADDR", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(file.try_clone().expect("clone log handle"));
         for (k, v) in env {
@@ -78,6 +79,21 @@ impl WorkerProcess {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("worker never logged {needle:?}; log:\n{}", self.logs());
+    }
+
+    /// The address the HTTP server bound (the harness asks for port 0).
+    pub fn http_addr(&self) -> String {
+        self.wait_for_log("http listening", Duration::from_secs(10));
+        let logs = self.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("http listening"))
+            .unwrap_or_default();
+        line.split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no addr in {line:?}"))
+            .to_owned()
     }
 
     /// Still running?

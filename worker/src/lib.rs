@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod delay;
 pub mod engine;
+pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod results;
 pub mod scheduler;

@@ -9,6 +9,8 @@
 //! stops its worker for good.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -29,6 +31,8 @@ pub struct ConsumerControl {
     pub stop_consuming: CancellationToken,
     /// Close the connection: every delivery still unacked goes back to its queue.
     pub close: CancellationToken,
+    /// True while consuming; read by `/readyz`.
+    pub connected: Arc<AtomicBool>,
 }
 
 /// Start consuming `queues`; returns the per-queue delivery receivers.
@@ -65,7 +69,9 @@ async fn supervise(
         else {
             return;
         };
-        match consume(&conn, &queues, prefetch, &senders, &control).await {
+        let ended = consume(&conn, &queues, prefetch, &senders, &control).await;
+        control.connected.store(false, Ordering::Relaxed);
+        match ended {
             Ok(Ended::Closed) => {
                 let _ = conn.close(200, "worker shutting down".into()).await;
                 return;
@@ -146,6 +152,7 @@ async fn consume(
             }
         }));
     }
+    control.connected.store(true, Ordering::Relaxed);
     info!(queues = ?queues, prefetch, "consuming");
 
     tokio::select! {

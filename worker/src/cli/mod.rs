@@ -1,9 +1,12 @@
-//! The command line: `worker run`, `send`, `result`, `dead-letters`, `tasks`.
+//! The command line: `worker run`, `send`, `result`, `dead-letters`, `tasks`, `config`,
+//! `healthcheck`.
 //!
 //! Exit codes are part of the interface for scripts: 0 success, 1 the task failed or was
 //! revoked, 2 pending, unknown, timed out, or the command itself could not do its work.
 
+mod config;
 mod dead_letters;
+mod healthcheck;
 mod output;
 mod result;
 mod run;
@@ -42,6 +45,19 @@ pub enum Command {
     DeadLetters(dead_letters::DeadLettersCommand),
     /// List the tasks this worker runs, with their default queues.
     Tasks,
+    /// Print the effective configuration of `worker run`, secrets redacted.
+    Config {
+        #[command(flatten)]
+        run: run::RunArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when the local worker's /healthz answers (for Docker's HEALTHCHECK).
+    Healthcheck {
+        #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: std::net::SocketAddr,
+    },
 }
 
 /// Outcome of a command, mapped to the documented exit codes.
@@ -81,6 +97,8 @@ pub fn main() -> ExitCode {
             Command::Send(args) => send::send(&cli.connections, args).await,
             Command::Result(args) => result::result(&cli.connections, args).await,
             Command::DeadLetters(cmd) => dead_letters::dead_letters(&cli.connections, cmd).await,
+            Command::Config { run, json } => Ok(config::print(&cli.connections, &run, json)),
+            Command::Healthcheck { http_addr } => healthcheck::check(http_addr).await,
             Command::Tasks => {
                 for job in crate::registry::default_registry().iter() {
                     println!(

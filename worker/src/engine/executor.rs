@@ -24,6 +24,7 @@ use crate::celery::message::{RawMessage, decode};
 use crate::celery::result::Origin;
 use crate::celery::{DecodeFailure, ResultMeta, TaskError, TaskMessage};
 use crate::delay::{DelayedMessage, DelayedStore};
+use crate::metrics::METRICS;
 use crate::registry::{CallArgs, ErasedJob, JobContext, Registry};
 use crate::results::ResultWriter;
 
@@ -173,7 +174,7 @@ impl Executor {
                 .write_transient_state(&ResultMeta::started(origin))
                 .await;
         }
-        let outcome = self.invoke(job.as_ref(), &message).await;
+        let outcome = self.invoke(job.as_ref(), &message, queue).await;
         match outcome {
             Ok(value) => {
                 if record {
@@ -186,6 +187,10 @@ impl Executor {
                     self.retry(queue, &message, &err, countdown, record).await
                 }
                 Decision::Fail => {
+                    METRICS
+                        .tasks_failed
+                        .with_label_values(&[message.task.as_str(), queue])
+                        .inc();
                     if record {
                         self.results.write(ResultMeta::failure(&err, origin)).await;
                     }
@@ -195,8 +200,16 @@ impl Executor {
         }
     }
 
-    async fn invoke(&self, job: &dyn ErasedJob, message: &TaskMessage) -> Result<Value, TaskError> {
+    async fn invoke(
+        &self,
+        job: &dyn ErasedJob,
+        message: &TaskMessage,
+        queue: &str,
+    ) -> Result<Value, TaskError> {
         info!("task started");
+        let labels = [message.task.as_str(), queue];
+        METRICS.tasks_started.with_label_values(&labels).inc();
+        METRICS.tasks_in_flight.inc();
         let started = Instant::now();
         let ctx = JobContext {
             task_id: message.id.clone(),
@@ -210,6 +223,14 @@ impl Executor {
         };
         let limits = TimeLimits::for_message(self.settings.time_limits, message.timelimit);
         let outcome = run_limited(job.call(call, ctx), limits).await;
+        METRICS.tasks_in_flight.dec();
+        METRICS
+            .task_duration
+            .with_label_values(&[message.task.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        if outcome.is_ok() {
+            METRICS.tasks_succeeded.with_label_values(&labels).inc();
+        }
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &outcome {
             Ok(_) => info!(duration_ms, outcome = "success", "task finished"),
@@ -239,6 +260,10 @@ impl Executor {
         match self.publisher.publish(queue, &body, props, true).await {
             Ok(()) => {
                 info!(countdown_s = countdown.as_secs_f64(), retries = message.retries + 1, error = %err, "task will be retried");
+                METRICS
+                    .tasks_retried
+                    .with_label_values(&[message.task.as_str(), queue])
+                    .inc();
                 if record {
                     self.results
                         .write_transient_state(&ResultMeta::retry(err, self.origin(message, queue)))
@@ -329,6 +354,10 @@ impl Executor {
         .await
         {
             Ok(()) => {
+                METRICS
+                    .messages_dead_lettered
+                    .with_label_values(&[queue, reason])
+                    .inc();
                 if let Some(origin) = origin {
                     self.results.write(ResultMeta::failure(err, origin)).await;
                 }

@@ -1,0 +1,53 @@
+//! `worker config`: the effective configuration `worker run` would use, with every secret
+//! redacted (passwords inside URLs, the Telegram bot token).
+
+use serde_json::{Value, json};
+
+use super::Outcome;
+use super::run::RunArgs;
+use crate::config::{ConnectionSettings, redact_url};
+
+/// The configuration as JSON, redacted.
+pub fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
+    let s = &run.settings;
+    json!({
+        "RABBITMQ_URL": redact_url(&conn.rabbitmq_url),
+        "REDIS_URL": redact_url(&conn.redis_url),
+        "REDIS_DB": conn.redis_db,
+        "DATABASE_URL": redact_url(&conn.database_url),
+        "DEFAULT_TIMEZONE": conn.default_timezone.name(),
+        "RESULT_EXPIRES": conn.result_expires,
+        "RESULT_KEY_PREFIX": conn.result_key_prefix,
+        "TELEGRAM_BOT_TOKEN": std::env::var("TELEGRAM_BOT_TOKEN").ok().filter(|t| !t.is_empty()).map(|_| "***"),
+        "WORKER_QUEUES": s.queues.join(","),
+        "WORKER_CONCURRENCY": s.concurrency,
+        "WORKER_HOSTNAME": s.hostname(),
+        "WORKER_TRACK_STARTED": s.track_started,
+        "WORKER_RESULT_EXTENDED": s.result_extended,
+        "WORKER_MAX_MESSAGE_BYTES": s.max_message_bytes,
+        "WORKER_ETA_HOLD": s.eta_hold,
+        "WORKER_SOFT_TIME_LIMIT": s.soft_time_limit,
+        "WORKER_TIME_LIMIT": s.time_limit,
+        "WORKER_RESULT_BUFFER": s.result_buffer,
+        "WORKER_KEY_PREFIX": s.key_prefix,
+        "WORKER_SHUTDOWN_GRACE": run.shutdown_grace,
+        "WORKER_HTTP_ADDR": if run.no_http { "off".to_owned() } else { run.http_addr.to_string() },
+    })
+}
+
+pub fn print(conn: &ConnectionSettings, run: &RunArgs, as_json: bool) -> Outcome {
+    let doc = effective(conn, run);
+    if as_json {
+        println!("{doc:#}");
+    } else if let Value::Object(map) = doc {
+        for (k, v) in map {
+            let v = match v {
+                Value::String(s) => s,
+                Value::Null => "(unset)".into(),
+                other => other.to_string(),
+            };
+            println!("{k:<26} {v}");
+        }
+    }
+    Outcome::Success
+}

@@ -1,0 +1,172 @@
+//! Prometheus metrics, one registry for the process. Names start with `worker_`; labels are the
+//! same words the logs use (`task`, `queue`, `reason`, `schedule`).
+//!
+//! Counters move where the thing happens (the executor, the dead-letter path, the retry path);
+//! gauges that describe the outside world (broker/Redis/PostgreSQL up, Redis memory and hit
+//! rate) are refreshed by the readiness probe loop in `http`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub tasks_started: IntCounterVec,
+    pub tasks_succeeded: IntCounterVec,
+    pub tasks_failed: IntCounterVec,
+    pub tasks_retried: IntCounterVec,
+    pub messages_dead_lettered: IntCounterVec,
+    pub task_duration: HistogramVec,
+    pub tasks_in_flight: IntGauge,
+    pub result_buffer_length: IntGauge,
+    pub results_dropped: IntGauge,
+    pub dependency_up: GaugeVec,
+    pub schedule_last_tick: GaugeVec,
+    pub schedule_next_tick: GaugeVec,
+    pub redis_used_memory_bytes: Gauge,
+    pub redis_hit_rate: Gauge,
+    pub redis_evicted_keys: Gauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = registry.register(Box::new(process));
+        let tl = &["task", "queue"];
+        let task_duration = HistogramVec::new(
+            HistogramOpts::new("worker_task_duration_seconds", "Time a task ran, by task.")
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0,
+                ]),
+            &["task"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(task_duration.clone()))
+            .expect("metric registered once");
+        Self {
+            tasks_started: counter(
+                &registry,
+                "worker_tasks_started_total",
+                "Tasks started.",
+                tl,
+            ),
+            tasks_succeeded: counter(
+                &registry,
+                "worker_tasks_succeeded_total",
+                "Tasks that ended in SUCCESS.",
+                tl,
+            ),
+            tasks_failed: counter(
+                &registry,
+                "worker_tasks_failed_total",
+                "Tasks that ended in FAILURE (after retries).",
+                tl,
+            ),
+            tasks_retried: counter(
+                &registry,
+                "worker_tasks_retried_total",
+                "Retries published.",
+                tl,
+            ),
+            messages_dead_lettered: counter(
+                &registry,
+                "worker_messages_dead_lettered_total",
+                "Messages moved to <queue>.dead, by reason.",
+                &["queue", "reason"],
+            ),
+            task_duration,
+            tasks_in_flight: int_gauge(&registry, "worker_tasks_in_flight", "Tasks running now."),
+            result_buffer_length: int_gauge(
+                &registry,
+                "worker_result_buffer_length",
+                "Results waiting in memory for Redis.",
+            ),
+            results_dropped: int_gauge(
+                &registry,
+                "worker_results_dropped",
+                "Results dropped because the buffer was full.",
+            ),
+            dependency_up: gauge_vec(
+                &registry,
+                "worker_dependency_up",
+                "1 when the service answers (broker, redis, postgres).",
+                &["dependency"],
+            ),
+            schedule_last_tick: gauge_vec(
+                &registry,
+                "worker_schedule_last_tick_timestamp_seconds",
+                "Unix time of the last published tick.",
+                &["schedule"],
+            ),
+            schedule_next_tick: gauge_vec(
+                &registry,
+                "worker_schedule_next_tick_timestamp_seconds",
+                "Unix time of the next tick.",
+                &["schedule"],
+            ),
+            redis_used_memory_bytes: gauge(
+                &registry,
+                "worker_redis_used_memory_bytes",
+                "Redis INFO used_memory.",
+            ),
+            redis_hit_rate: gauge(
+                &registry,
+                "worker_redis_hit_rate",
+                "Redis keyspace hits / (hits + misses), 0..1.",
+            ),
+            redis_evicted_keys: gauge(
+                &registry,
+                "worker_redis_evicted_keys",
+                "Redis INFO evicted_keys.",
+            ),
+            registry,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
