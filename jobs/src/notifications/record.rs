@@ -1,0 +1,114 @@
+//! Writing `notifications` rows and reading `users.notification_preferences`.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgExecutor;
+
+use crate::Context;
+
+/// A delivery channel the worker handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    Telegram,
+    InApp,
+}
+
+impl Channel {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Telegram => "telegram",
+            Self::InApp => "in_app",
+        }
+    }
+}
+
+/// Whether the user wants `notification_type` on `channel`:
+/// `{"shift_reminder": {"telegram": false}}` turns one off; anything missing means on.
+pub(crate) fn channel_enabled(
+    prefs: Option<&Value>,
+    notification_type: &str,
+    channel: Channel,
+) -> bool {
+    prefs
+        .and_then(|p| p.get(notification_type))
+        .and_then(|t| t.get(channel.as_str()))
+        .and_then(Value::as_bool)
+        .unwrap_or(true)
+}
+
+/// A row to insert.
+pub(crate) struct NewNotification<'a> {
+    pub user_id: i32,
+    pub notification_type: &'a str,
+    pub channel: Channel,
+    pub priority: &'static str,
+    pub title: &'a str,
+    pub message: &'a str,
+    pub data: &'a Value,
+    /// `Some` writes the row `sent` at that instant (in-app); `None` writes it `pending`.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// The `title` column is VARCHAR(200).
+fn clip_title(title: &str) -> String {
+    title.chars().take(200).collect()
+}
+
+/// Inserts the row; returns its id.
+pub(crate) async fn insert_notification<'e>(
+    ctx: &Context,
+    executor: impl PgExecutor<'e>,
+    n: &NewNotification<'_>,
+) -> Result<i32, sqlx::Error> {
+    ctx.count_statement();
+    let status = if n.sent_at.is_some() {
+        "sent"
+    } else {
+        "pending"
+    };
+    sqlx::query_scalar(
+        "INSERT INTO notifications \
+             (user_id, type, channel, status, priority, title, message, data, created_at, sent_at, retry_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9, 0) \
+         RETURNING id",
+    )
+    .bind(n.user_id)
+    .bind(n.notification_type)
+    .bind(n.channel.as_str())
+    .bind(status)
+    .bind(n.priority)
+    .bind(clip_title(n.title))
+    .bind(n.message)
+    .bind(sqlx::types::Json(n.data))
+    .bind(n.sent_at)
+    .fetch_one(executor)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn preferences_default_on() {
+        let prefs = json!({"shift_reminder": {"telegram": false}});
+        assert!(!channel_enabled(
+            Some(&prefs),
+            "shift_reminder",
+            Channel::Telegram
+        ));
+        assert!(channel_enabled(
+            Some(&prefs),
+            "shift_reminder",
+            Channel::InApp
+        ));
+        assert!(channel_enabled(Some(&prefs), "other", Channel::Telegram));
+        assert!(channel_enabled(None, "shift_reminder", Channel::Telegram));
+        assert!(channel_enabled(
+            Some(&json!("garbage")),
+            "shift_reminder",
+            Channel::InApp
+        ));
+    }
+}
