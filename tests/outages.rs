@@ -1,5 +1,5 @@
 //! Real outages, injected on purpose: RabbitMQ stopped and started in the middle of a run, Redis
-//! shut down and restarted. These tests stop services every other test uses, so they run one at
+//! shut down and restarted, PostgreSQL stopped under a job that needs it. These tests stop services every other test uses, so they run one at
 //! a time (the `SERIAL` lock) in their own test binary — cargo runs test binaries one after
 //! another — and each restores its service even when it fails (the `Restore` guards).
 
@@ -26,13 +26,35 @@ impl Drop for Restore {
 }
 
 const RABBIT_START: &[&str] = &["rabbitmqctl", "-q", "start_app"];
+const PG_START: &[&str] = &[
+    "bash",
+    "-c",
+    "pg_ctlcluster --skip-systemctl-redirect \"$(ls /etc/postgresql | head -n1)\" main start",
+];
 const REDIS_START: &[&str] = &[
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "", "--appendonly", "no",
-    "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
 ];
 
 fn run(cmd: &[&str]) {
-    let status = Command::new(cmd[0]).args(&cmd[1..]).status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let status = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed");
 }
 
@@ -42,7 +64,13 @@ async fn publish_pings(queue: &str, n: usize) -> Vec<String> {
     for _ in 0..n {
         let t = OutgoingTask::new("worker.ping", Vec::new(), Map::new());
         let _confirm = channel
-            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &t.body(), t.properties())
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &t.body(),
+                t.properties(),
+            )
             .await
             .expect("publish");
         ids.push(t.id);
@@ -54,10 +82,19 @@ async fn publish_pings(queue: &str, n: usize) -> Vec<String> {
 /// How many of `ids` have a SUCCESS result; None while Redis does not answer.
 async fn successes(ids: &[String]) -> Option<usize> {
     let client = redis::Client::open(REDIS_URL).ok()?;
-    let mut conn = tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await.ok()?.ok()?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let mut n = 0;
     for chunk in ids.chunks(500) {
-        let keys: Vec<String> = chunk.iter().map(|id| format!("celery-task-meta-{id}")).collect();
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|id| format!("celery-task-meta-{id}"))
+            .collect();
         let values: Vec<Option<String>> = conn.mget(&keys).await.ok()?;
         n += values
             .iter()
@@ -83,7 +120,10 @@ async fn wait_successes(ids: &[String], at_least: usize, timeout: Duration) -> u
 
 async fn wait_amqp_up() {
     for _ in 0..100 {
-        if lapin::Connection::connect(RABBITMQ_URL, Default::default()).await.is_ok() {
+        if lapin::Connection::connect(RABBITMQ_URL, Default::default())
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -98,7 +138,11 @@ async fn rabbitmq_restart_in_the_middle_of_a_run_loses_nothing() {
     let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
     let ids = publish_pings(&queue, 2000).await;
     let before = wait_successes(&ids, 200, Duration::from_secs(30)).await;
-    assert!(before >= 200, "the run started: {before}\n{}", worker.logs());
+    assert!(
+        before >= 200,
+        "the run started: {before}\n{}",
+        worker.logs()
+    );
 
     {
         let _restore = Restore(RABBIT_START);
@@ -107,8 +151,17 @@ async fn rabbitmq_restart_in_the_middle_of_a_run_loses_nothing() {
     }
     wait_amqp_up().await;
     let done = wait_successes(&ids, ids.len(), Duration::from_secs(120)).await;
-    assert_eq!(done, 2000, "every task SUCCESS after the restart\n{}", worker.logs());
-    assert!(worker.logs().contains("reconnecting") || worker.logs().contains("RabbitMQ is unreachable"), "{}", worker.logs());
+    assert_eq!(
+        done,
+        2000,
+        "every task SUCCESS after the restart\n{}",
+        worker.logs()
+    );
+    assert!(
+        worker.logs().contains("reconnecting") || worker.logs().contains("RabbitMQ is unreachable"),
+        "{}",
+        worker.logs()
+    );
     let (_c, channel) = amqp().await;
     assert_eq!(message_count(&channel, &queue).await, 0);
     delete_queue(&channel, &queue).await;
@@ -138,18 +191,84 @@ async fn redis_restart_in_the_middle_of_a_run_keeps_every_result() {
         // otherwise, and a result lost to the restart itself is not what this test is about.
         run(&["redis-cli", "shutdown", "save"]);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let r = reqwest::get(format!("{base}/readyz")).await.expect("readyz");
+        let r = reqwest::get(format!("{base}/readyz"))
+            .await
+            .expect("readyz");
         readyz_during = (r.status().as_u16(), r.text().await.unwrap_or_default());
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let done = wait_successes(&ids, ids.len(), Duration::from_secs(60)).await;
     let _ = std::fs::remove_file("/var/lib/redis/dump.rdb");
-    assert_eq!(done, ids.len(), "every result present after Redis came back\n{}", worker.logs());
-    assert!(worker.logs().contains("buffering the result"), "results were buffered during the outage");
+    assert_eq!(
+        done,
+        ids.len(),
+        "every result present after Redis came back\n{}",
+        worker.logs()
+    );
+    assert!(
+        worker.logs().contains("buffering the result"),
+        "results were buffered during the outage"
+    );
     assert_eq!(readyz_during.0, 503, "{}", readyz_during.1);
     let doc: Value = serde_json::from_str(&readyz_during.1).unwrap();
     assert_eq!(doc["checks"]["redis"]["ok"], false, "{doc}");
     assert_eq!(doc["checks"]["broker"]["ok"], true, "{doc}");
     let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_down_means_retry_then_success() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDatabase::create().await;
+    let pool = db.pool().await;
+    let shift: i32 = sqlx::query_scalar(
+        "WITH u AS (INSERT INTO users (telegram_id, first_name, role) VALUES (1, 'A', 'employee') RETURNING id), \
+              o AS (INSERT INTO objects (name, owner_id, opening_time, closing_time, hourly_rate) SELECT 'O', id, '09:00', '18:00', 100 FROM u RETURNING id, owner_id) \
+         INSERT INTO shifts (user_id, object_id, start_time, end_time, status, hourly_rate) \
+         SELECT owner_id, id, now() - interval '3 hours', now(), 'completed', 100.00 FROM o RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let queue = unique("outage-pg");
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("DATABASE_URL", db.url.as_str())],
+    );
+
+    let t = OutgoingTask::new(
+        "core.celery.tasks.shift_tasks.calculate_shift_payment",
+        vec![Value::from(shift)],
+        Map::new(),
+    );
+    let retried;
+    {
+        let _restore = Restore(PG_START);
+        run(&[
+            "bash",
+            "-c",
+            "pg_ctlcluster --skip-systemctl-redirect \"$(ls /etc/postgresql | head -n1)\" main stop",
+        ]);
+        let (_conn, channel) = amqp().await;
+        publish_raw(&channel, &queue, &t.body(), t.properties()).await;
+        retried = wait_result(&t.id, Some("RETRY"), Duration::from_secs(20)).await;
+    }
+    let done = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(90)).await;
+    let retried =
+        retried.unwrap_or_else(|| panic!("no RETRY while PostgreSQL was down\n{}", worker.logs()));
+    assert_eq!(
+        retried["result"]["exc_type"], "OperationalError",
+        "{retried}"
+    );
+    let done =
+        done.unwrap_or_else(|| panic!("no SUCCESS once PostgreSQL was back\n{}", worker.logs()));
+    assert_eq!(done["result"]["total_payment"], "300.00", "{done}");
+    assert!(done["retries"].as_u64().unwrap_or(0) >= 1, "{done}");
+    assert!(worker.is_alive_now(), "the worker stayed up");
+    drop(worker);
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+    db.drop_now().await;
 }

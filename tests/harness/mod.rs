@@ -55,6 +55,8 @@ impl WorkerProcess {
             .env("LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
             .env("WORKER_HTTP_ADDR", "127.0.0.1:0")
+            // The shipped schedules would publish StaffProBot ticks to the real queues.
+            .env("WORKER_NO_SCHEDULER", "true")
             .stdout(Stdio::null())
             .stderr(file.try_clone().expect("clone log handle"));
         for (k, v) in env {
@@ -94,6 +96,19 @@ impl WorkerProcess {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no addr in {line:?}"))
             .to_owned()
+    }
+
+    /// Still running, without needing `&mut` (for use after borrowing the logs).
+    pub fn is_alive_now(&self) -> bool {
+        // A dead child stays in /proc as a zombie until waited for: look at its state.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|rest| !rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
     }
 
     /// Still running?
@@ -252,6 +267,57 @@ pub async fn message_count(channel: &Channel, queue: &str) -> u32 {
         .await
         .map(|q| q.message_count())
         .unwrap_or(0)
+}
+
+/// A fresh, migrated PostgreSQL database for one test; dropped by [`TestDatabase::drop_now`].
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+pub const PG_ADMIN_URL: &str = "postgresql://postgres@127.0.0.1:5432/postgres";
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let name = format!("worker_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let url = format!("postgresql://postgres@127.0.0.1:5432/{name}");
+        let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("worker migrate");
+        assert!(
+            out.status.success(),
+            "worker migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name, url }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    pub async fn drop_now(self) {
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL)
+            .await
+            .expect("connect to PostgreSQL");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await;
+    }
 }
 
 pub fn stdout(o: &Output) -> String {

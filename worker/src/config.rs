@@ -5,6 +5,7 @@
 //! every variable explicitly. Secrets live inside URLs: anything that prints a URL goes through
 //! [`redact_url`], and clap is told never to echo the values of those variables in `--help`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono_tz::Tz;
@@ -151,6 +152,56 @@ impl RunSettings {
             .clone()
             .unwrap_or_else(|| format!("worker@{}", hostname()))
     }
+}
+
+/// What StaffProBot's jobs need beyond the connections.
+#[derive(Debug, Clone, Args)]
+pub struct JobSettings {
+    /// Telegram Bot API token; unset (or empty) turns Telegram delivery off, with one warning.
+    #[arg(long, env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
+    pub telegram_bot_token: Option<String>,
+
+    /// Telegram Bot API base URL (a proxy, or a fake in tests).
+    #[arg(long, env = "TELEGRAM_API_URL", default_value = jobs::DEFAULT_TELEGRAM_API_URL)]
+    pub telegram_api_url: String,
+
+    /// process-reminders reminds of shifts starting within this many hours.
+    #[arg(long, env = "REMINDER_HOURS_BEFORE", default_value_t = 2)]
+    pub reminder_hours_before: u32,
+}
+
+impl JobSettings {
+    /// The jobs' context settings, from these and the connection settings.
+    pub fn context_settings(
+        &self,
+        conn: &ConnectionSettings,
+        max_connections: u32,
+    ) -> jobs::ContextSettings {
+        let mut s =
+            jobs::ContextSettings::new(conn.database_url_for_sqlx(), conn.redis_url.clone());
+        s.redis_db = conn.redis_db;
+        s.default_timezone = conn.default_timezone;
+        s.telegram_bot_token = self
+            .telegram_bot_token
+            .clone()
+            .filter(|t| !t.trim().is_empty());
+        s.telegram_api_url = self.telegram_api_url.clone();
+        s.reminder_hours_before = self.reminder_hours_before;
+        s.db_max_connections = max_connections;
+        s
+    }
+}
+
+/// Where the schedules are.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleSettings {
+    /// The schedules file (see the comments in the shipped schedules.toml).
+    #[arg(
+        long = "schedules",
+        env = "SCHEDULES_FILE",
+        default_value = "schedules.toml"
+    )]
+    pub schedules_file: PathBuf,
 }
 
 /// This machine's name, for `origin` headers and the default worker name.

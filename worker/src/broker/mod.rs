@@ -5,6 +5,7 @@
 //! - [`consumer`]: the consuming connection, reconnected forever, feeding one apalis backend
 //!   per queue ([`backend::CeleryBackend`]);
 //! - [`publisher`]: confirmed publishing (sends, ticks, dead letters);
+//! - `tick`: the scheduler's ticks, published through the same publisher;
 //! - [`dead_letter`]: where messages that cannot run go, and how they come back.
 
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod connection;
 pub mod consumer;
 pub mod dead_letter;
 pub mod publisher;
+mod tick;
 pub mod topology;
 
 /// Errors talking to RabbitMQ.

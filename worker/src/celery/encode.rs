@@ -94,9 +94,12 @@ impl OutgoingTask {
             .with_priority(0)
             .with_correlation_id(ShortString::from(self.id.as_str()))
             .with_headers(json_to_table(&self.headers()));
+        // An already-passed expiry gets no TTL: the consumer must see it to store REVOKED.
         if let Some(expires) = self.expires {
-            let ms = (expires - Utc::now()).num_milliseconds().max(0);
-            props = props.with_expiration(ShortString::from(ms.to_string()));
+            let ms = (expires - Utc::now()).num_milliseconds();
+            if ms > 0 {
+                props = props.with_expiration(ShortString::from(ms.to_string()));
+            }
         }
         props
     }

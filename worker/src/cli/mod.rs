@@ -1,5 +1,5 @@
 //! The command line: `worker run`, `send`, `result`, `dead-letters`, `tasks`, `config`,
-//! `healthcheck`.
+//! `healthcheck`, `scheduler`, `schedules`, `check-schedules`, `migrate`.
 //!
 //! Exit codes are part of the interface for scripts: 0 success, 1 the task failed or was
 //! revoked, 2 pending, unknown, timed out, or the command itself could not do its work.
@@ -7,9 +7,11 @@
 mod config;
 mod dead_letters;
 mod healthcheck;
+mod migrate;
 mod output;
 mod result;
 mod run;
+mod schedules;
 mod send;
 
 use std::process::ExitCode;
@@ -45,6 +47,14 @@ pub enum Command {
     DeadLetters(dead_letters::DeadLettersCommand),
     /// List the tasks this worker runs, with their default queues.
     Tasks,
+    /// Run only the scheduler (publishes ticks; consumes nothing).
+    Scheduler(schedules::SchedulerArgs),
+    /// List the schedules: next fire times (local and UTC) and the last run with its state.
+    Schedules(schedules::ListArgs),
+    /// Validate a schedules file and print its next fire times; exits 1 when invalid.
+    CheckSchedules(schedules::CheckArgs),
+    /// Apply the database migrations to DATABASE_URL (`worker run` never migrates by itself).
+    Migrate,
     /// Print the effective configuration of `worker run`, secrets redacted.
     Config {
         #[command(flatten)]
@@ -99,8 +109,12 @@ pub fn main() -> ExitCode {
             Command::DeadLetters(cmd) => dead_letters::dead_letters(&cli.connections, cmd).await,
             Command::Config { run, json } => Ok(config::print(&cli.connections, &run, json)),
             Command::Healthcheck { http_addr } => healthcheck::check(http_addr).await,
+            Command::Scheduler(args) => schedules::run_alone(&cli.connections, args).await,
+            Command::Schedules(args) => schedules::list(&cli.connections, args).await,
+            Command::CheckSchedules(args) => schedules::check(&cli.connections, args),
+            Command::Migrate => migrate::migrate(&cli.connections).await,
             Command::Tasks => {
-                for job in crate::registry::default_registry().iter() {
+                for job in crate::registry::catalogue().iter() {
                     println!(
                         "{:<64} {:<14} {}",
                         job.name(),

@@ -15,11 +15,11 @@ use tracing::{info, warn};
 use super::Outcome;
 use crate::broker::consumer::{self, ConsumerControl};
 use crate::broker::publisher::Publisher;
-use crate::config::{ConnectionSettings, RunSettings, redact_url};
+use crate::config::{ConnectionSettings, JobSettings, RunSettings, ScheduleSettings, redact_url};
 use crate::delay::{self, DelayedStore};
 use crate::engine::{self, Executor, ExecutorSettings};
 use crate::http::{self, Dependencies, HttpState};
-use crate::registry::default_registry;
+use crate::registry::registry;
 use crate::results::{ResultStore, ResultWriter, connect_redis};
 
 #[derive(Debug, Clone, Args)]
@@ -38,6 +38,16 @@ pub struct RunArgs {
     /// Do not start the HTTP server.
     #[arg(long, env = "WORKER_NO_HTTP")]
     pub no_http: bool,
+
+    #[command(flatten)]
+    pub jobs: JobSettings,
+
+    #[command(flatten)]
+    pub schedules: ScheduleSettings,
+
+    /// Do not run the scheduler in this process (another replica, or `worker scheduler`, does).
+    #[arg(long, env = "WORKER_NO_SCHEDULER")]
+    pub no_scheduler: bool,
 }
 
 pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Outcome> {
@@ -51,7 +61,13 @@ pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Out
         redis = %redact_url(&conn.redis_url_with_db()),
         "starting worker"
     );
-    let registry = default_registry();
+    let job_context = jobs::Context::connect_lazy(
+        &args
+            .jobs
+            .context_settings(conn, u32::from(settings.concurrency).max(2)),
+    )
+    .context("configuring the jobs")?;
+    let registry = registry(Some(Arc::new(job_context)));
     let (client, redis) = connect_redis(&conn.redis_url_with_db(), None)
         .await
         .context("connecting to Redis")?;
@@ -90,6 +106,20 @@ pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Out
         Arc::clone(&dependencies),
         background.clone(),
     ));
+    let (scheduler, schedules) = if args.no_scheduler {
+        (None, None)
+    } else {
+        let (handle, source) = super::schedules::start(
+            conn,
+            &args.schedules.schedules_file,
+            &settings.key_prefix,
+            registry.routes(),
+            redis.clone(),
+            Arc::clone(&publisher),
+            background.clone(),
+        )?;
+        (Some(handle), Some(source))
+    };
     let http_server = if args.no_http {
         None
     } else {
@@ -97,7 +127,7 @@ pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Out
             results: store,
             writer: Some(Arc::clone(&results)),
             dependencies,
-            schedules: None,
+            schedules,
         };
         let (_, handle) = http::serve(args.http_addr, state, background.clone())
             .await
@@ -152,6 +182,9 @@ pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Out
     let _ = consumer.await;
     background.cancel();
     let _ = tokio::join!(poller, flusher, refresher);
+    if let Some(h) = scheduler {
+        let _ = h.await;
+    }
     if let Some(h) = http_server {
         let _ = h.await;
     }

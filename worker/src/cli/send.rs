@@ -10,7 +10,7 @@ use super::result::{open_results, show};
 use crate::broker::publisher::Publisher;
 use crate::celery::OutgoingTask;
 use crate::config::ConnectionSettings;
-use crate::registry::default_registry;
+use crate::registry::catalogue;
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -46,7 +46,7 @@ pub async fn send(conn: &ConnectionSettings, a: SendArgs) -> anyhow::Result<Outc
         .context("--kwargs must be a JSON object, e.g. '{\"user_id\": 1}'")?;
     let queue = match a.queue {
         Some(q) => q,
-        None => match default_registry().get(&a.task) {
+        None => match catalogue().get(&a.task) {
             Some(job) => job.queue().to_owned(),
             None => bail!(
                 "{} is not a task this worker knows; pass --queue to send it anyway",

@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod diagnostic;
+pub mod staffprobot;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -127,9 +128,16 @@ impl Registry {
     }
 }
 
-/// Every job this binary runs: the diagnostic tasks, then StaffProBot's.
-pub fn default_registry() -> Registry {
+/// Every job this binary runs: the diagnostic tasks, then StaffProBot's. Without a job context
+/// the registry can name and route tasks but not run StaffProBot's.
+pub fn registry(jobs: Option<Arc<jobs::Context>>) -> Registry {
     let mut registry = Registry::new();
     diagnostic::register(&mut registry);
+    staffprobot::register(&mut registry, jobs);
     registry
+}
+
+/// The registry for naming and routing (`worker send`, `tasks`, the scheduler's validation).
+pub fn catalogue() -> Registry {
+    registry(None)
 }
