@@ -171,13 +171,13 @@ async fn rabbitmq_restart_in_the_middle_of_a_run_loses_nothing() {
 async fn redis_restart_in_the_middle_of_a_run_keeps_every_result() {
     let _serial = SERIAL.lock().await;
     let queue = unique("outage-redis");
-    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[("WORKER_CONCURRENCY", "4")]);
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[("WORKER_CONCURRENCY", "2")]);
     let base = format!("http://{}", worker.http_addr());
-    // Slow enough that the outage falls in the middle of the run.
+    // 300 x 50 ms on 2 slots is about 7.5 s: the 3 s outage falls in the middle of the run.
     let (_conn, channel) = amqp().await;
     let mut ids = Vec::new();
     for _ in 0..300 {
-        let t = OutgoingTask::new("worker.sleep", vec![Value::from(0.02)], Map::new());
+        let t = OutgoingTask::new("worker.sleep", vec![Value::from(0.05)], Map::new());
         publish_raw(&channel, &queue, &t.body(), t.properties()).await;
         ids.push(t.id);
     }
@@ -207,7 +207,8 @@ async fn redis_restart_in_the_middle_of_a_run_keeps_every_result() {
     );
     assert!(
         worker.logs().contains("buffering the result"),
-        "results were buffered during the outage"
+        "results were buffered during the outage\n{}",
+        worker.logs()
     );
     assert_eq!(readyz_during.0, 503, "{}", readyz_during.1);
     let doc: Value = serde_json::from_str(&readyz_during.1).unwrap();
