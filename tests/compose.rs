@@ -30,6 +30,10 @@ const LEFT_TO_THE_WORKER: &[(&str, &str)] = &[
         "the health check and the port mapping need the HTTP server",
     ),
     (
+        "WORKER_CONFIG_FILE",
+        "compose passes every setting through the environment; a file is an alternative to that",
+    ),
+    (
         "WORKER_NO_SCHEDULER",
         "every replica runs the scheduler: ticks are claimed per tick in Redis, so none doubles",
     ),

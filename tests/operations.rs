@@ -191,3 +191,42 @@ async fn secrets_never_appear_in_config_readyz_or_logs() {
     let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }
+
+#[test]
+fn config_file_fills_what_the_environment_leaves_unset() {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("config")));
+    std::fs::write(
+        &path,
+        "WORKER_CONCURRENCY = 7\nWORKER_QUEUES = [\"a\", \"b\"]\nRABBITMQ_URL = \"amqp://app:file-SECRET@rabbit:5672/%2f\"\nRESULT_EXPIRES = 60\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["config", "--json", "--config", path.to_str().unwrap()])
+        .env_remove("WORKER_CONCURRENCY")
+        .env_remove("WORKER_QUEUES")
+        .env_remove("RABBITMQ_URL")
+        .env("RESULT_EXPIRES", "120") // the environment wins over the file
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["WORKER_CONCURRENCY"], 7);
+    assert_eq!(doc["WORKER_QUEUES"], "a,b");
+    assert_eq!(doc["RESULT_EXPIRES"], 120);
+    assert_eq!(doc["RABBITMQ_URL"], "amqp://app:***@rabbit:5672/%2f");
+    assert!(!text.contains("file-SECRET"));
+
+    std::fs::write(&path, "worker_concurrency = 7\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("use the environment variable names"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = std::fs::remove_file(&path);
+}

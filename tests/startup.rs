@@ -18,6 +18,7 @@ fn unreachable_broker_is_retried_with_a_redacted_url() {
         .env("RABBITMQ_URL", "amqp://admin:s3cr3t-pw@127.0.0.1:1/%2f")
         .env("REDIS_URL", REDIS_URL)
         .env("LOG_FORMAT", "text")
+        .env("WORKER_NO_SCHEDULER", "true")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(file)

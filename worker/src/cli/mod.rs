@@ -5,6 +5,7 @@
 //! revoked, 2 pending, unknown, timed out, or the command itself could not do its work.
 
 mod config;
+mod config_file;
 mod dead_letters;
 mod healthcheck;
 mod migrate;
@@ -27,6 +28,10 @@ use crate::config::ConnectionSettings;
     about = "Celery-compatible worker and scheduler for StaffProBot"
 )]
 pub struct Cli {
+    /// A TOML file of settings by their environment names; the environment and flags win.
+    #[arg(long, env = "WORKER_CONFIG_FILE", global = true)]
+    pub config: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub connections: ConnectionSettings,
 
@@ -89,6 +94,22 @@ impl From<Outcome> for ExitCode {
 }
 
 pub fn main() -> ExitCode {
+    // The file must be applied before clap reads the environment.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = config_file::requested(&args) {
+        match config_file::read(&path) {
+            Ok(vars) => {
+                for (k, v) in vars {
+                    // SAFETY: still single-threaded: no runtime or other thread exists yet.
+                    unsafe { std::env::set_var(k, v) };
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let cli = Cli::parse();
     crate::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
 use chrono::Utc;
 use clap::Args;
 use futures::FutureExt;
@@ -107,8 +106,13 @@ pub fn start(
     publisher: Arc<Publisher>,
     stop: CancellationToken,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SchedulesSource)> {
+    // The file error already names the file, the line and the problem (and its cause).
     let (schedules, warnings) = scheduler::check_file(path, conn.default_timezone, &known_tasks)
-        .with_context(|| "the schedules file is invalid; fix it, point SCHEDULES_FILE elsewhere, or pass --no-scheduler")?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n(fix the file, point SCHEDULES_FILE elsewhere, or pass --no-scheduler)"
+            )
+        })?;
     for w in warnings {
         warn!("{w}");
     }
