@@ -1,6 +1,7 @@
-//! The Redis result backend against real Redis: a stored SUCCESS is never overwritten, every
-//! write is PUBLISHed on the key's channel (what Python's `.get()` waits on), results expire,
-//! and `ignore_result` messages store nothing.
+//! The Redis result backend against real Redis: a stored SUCCESS is never overwritten, a late
+//! STARTED or RETRY never replaces a FAILURE or REVOKED, every write is PUBLISHed on the key's
+//! channel (what Python's `.get()` waits on), results expire, and `ignore_result` messages store
+//! nothing.
 
 mod harness;
 
@@ -14,7 +15,7 @@ use redis::AsyncCommands;
 use serde_json::{Map, Value, json};
 use worker::celery::amqp_value::json_to_table;
 use worker::celery::result::Origin;
-use worker::celery::{ResultMeta, TaskMessage};
+use worker::celery::{ResultMeta, TaskError, TaskMessage};
 use worker::results::{ResultStore, StoreOutcome, connect_redis};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,6 +78,55 @@ async fn success_is_never_overwritten_and_every_write_is_published() {
     let _: () = raw.del(store.key(&message.id)).await.unwrap();
 }
 
+/// The executor sends STARTED without waiting for it, and RETRY after republishing: either can
+/// reach Redis after the task's final state, and must then change nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn late_intermediate_states_never_replace_a_final_one() {
+    let (client, conn) = connect_redis(REDIS_URL, Some(3)).await.unwrap();
+    let prefix = format!("{}:", unique("results"));
+    let store = ResultStore::new(client, conn, &prefix, 60);
+    let err = TaskError::runtime_error("boom");
+    for final_state in ["FAILURE", "REVOKED"] {
+        let message = TaskMessage::minimal(&uuid::Uuid::new_v4().to_string(), Some("worker.fail"));
+        let origin = Origin {
+            message: &message,
+            queue: "q",
+            hostname: "h",
+            extended: true,
+        };
+        let final_meta = match final_state {
+            "FAILURE" => ResultMeta::failure(&err, origin),
+            _ => ResultMeta::revoked(&TaskError::expired(), origin),
+        };
+        assert_eq!(
+            store.store(&final_meta).await.unwrap(),
+            StoreOutcome::Written
+        );
+        for late in [ResultMeta::started(origin), ResultMeta::retry(&err, origin)] {
+            assert_eq!(
+                store.store(&late).await.unwrap(),
+                StoreOutcome::KeptFinal,
+                "{} over {final_state}",
+                late.status.as_str()
+            );
+        }
+        let stored = store.get(&message.id).await.unwrap().unwrap();
+        assert_eq!(stored.status.as_str(), final_state);
+        // A final state may still follow a final state (a rerun that succeeds after a FAILURE).
+        if final_state == "FAILURE" {
+            assert_eq!(
+                store
+                    .store(&ResultMeta::success(json!("pong"), origin))
+                    .await
+                    .unwrap(),
+                StoreOutcome::Written
+            );
+            let stored = store.get(&message.id).await.unwrap().unwrap();
+            assert_eq!(stored.status.as_str(), "SUCCESS");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ignore_result_stores_nothing() {
     let queue = unique("ignore");
@@ -104,11 +154,7 @@ async fn ignore_result_stores_nothing() {
         wait_result(&ignored, None, Duration::from_millis(10)).await,
         None
     );
-    assert_eq!(
-        worker.logs().matches("task finished").count(),
-        2,
-        "{}",
-        worker.logs()
-    );
+    let logs = worker.wait_for_log_count("task finished", 2, Duration::from_secs(5));
+    assert_eq!(logs.matches("task finished").count(), 2, "{logs}");
     delete_queue(&channel, &queue).await;
 }

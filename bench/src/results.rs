@@ -10,6 +10,8 @@ use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use tokio::sync::oneshot;
+// The worker's own store script, so the bench times the write pattern the worker really uses.
+use worker::results::STORE_SCRIPT;
 
 pub const KEY_PREFIX: &str = "celery-task-meta-";
 
@@ -220,18 +222,6 @@ pub async fn ceiling_pipelined(
     Ok(took)
 }
 
-/// The worker's store script (worker/src/results/store.rs, `STORE_SCRIPT`), copied so the bench
-/// can time the write pattern the worker really uses.
-const STORE_SCRIPT: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current and string.find(current, '"status":%s*"SUCCESS"') then
-  return 0
-end
-redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"#;
-
 /// The worker's pattern: `in_flight` tasks, each awaiting one script call per result, sharing a
 /// multiplexed connection (which pipelines concurrent requests on its own).
 pub async fn ceiling_script(
@@ -247,6 +237,7 @@ pub async fn ceiling_script(
         .key(format!("bench-script-{run}-warm"))
         .arg("{}")
         .arg(60)
+        .arg("0")
         .invoke_async(&mut c)
         .await
         .context("loading the store script")?;
@@ -265,6 +256,7 @@ pub async fn ceiling_script(
                     .key(&key)
                     .arg(doc)
                     .arg(60)
+                    .arg("0")
                     .invoke_async(&mut c)
                     .await?;
             }

@@ -4,6 +4,11 @@
 //! bounded in-memory buffer, in order, and a flusher writes the buffer out as soon as Redis
 //! answers again. When the buffer is full the oldest result is dropped and counted, with a
 //! warning: memory stays bounded and the newest outcomes win.
+//!
+//! A write that Redis does not answer within [`WRITE_DEADLINE`] counts as failed. Without the
+//! deadline a task would wait out the connection manager's reconnect attempts (many seconds)
+//! while holding its slot; with it, jobs keep running through an outage. A result that timed out
+//! but did reach Redis is written again from the buffer: the same document, so no harm.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +20,9 @@ use tracing::{info, warn};
 
 use super::{ResultStore, StoreOutcome};
 use crate::celery::ResultMeta;
+
+/// How long a result write may wait for Redis before the result is buffered instead.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(2);
 
 pub struct ResultWriter {
     store: ResultStore,
@@ -48,10 +56,13 @@ impl ResultWriter {
     pub async fn write(&self, meta: ResultMeta) -> Written {
         // Behind buffered results, a new one waits its turn so that order is kept per task.
         if self.buffered() == 0 {
-            match self.store.store(&meta).await {
-                Ok(outcome) => return Written::Stored(outcome),
-                Err(e) => {
+            match tokio::time::timeout(WRITE_DEADLINE, self.store.store(&meta)).await {
+                Ok(Ok(outcome)) => return Written::Stored(outcome),
+                Ok(Err(e)) => {
                     warn!(error = %e, task_id = %meta.task_id, "Redis unavailable; buffering the result")
+                }
+                Err(_) => {
+                    warn!(task_id = %meta.task_id, deadline = ?WRITE_DEADLINE, "Redis did not answer in time; buffering the result")
                 }
             }
         }
@@ -64,8 +75,14 @@ impl ResultWriter {
         if self.buffered() > 0 {
             return;
         }
-        if let Err(e) = self.store.store(meta).await {
-            warn!(error = %e, status = meta.status.as_str(), "could not store an intermediate state");
+        match tokio::time::timeout(WRITE_DEADLINE, self.store.store(meta)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, status = meta.status.as_str(), "could not store an intermediate state")
+            }
+            Err(_) => {
+                warn!(status = meta.status.as_str(), deadline = ?WRITE_DEADLINE, "Redis did not answer in time; intermediate state not stored")
+            }
         }
     }
 

@@ -6,4 +6,4 @@ mod store;
 
 pub use buffer::{ResultWriter, Written};
 
-pub use store::{ResultError, ResultStore, StoreOutcome, connect_redis};
+pub use store::{ResultError, ResultStore, STORE_SCRIPT, StoreOutcome, connect_redis};

@@ -1,8 +1,10 @@
 //! Reading and writing `celery-task-meta-<id>`.
 //!
 //! A write is one Lua script: read the key, refuse to replace a SUCCESS (Celery never overwrites
-//! one; a redelivered message must not turn a success into STARTED again), then `SETEX` and
-//! `PUBLISH` the same JSON. Celery uses `MULTI SETEX PUBLISH EXEC`; a MULTI cannot make the
+//! one; a redelivered message must not turn a success into STARTED again), refuse to replace any
+//! final state (SUCCESS, FAILURE, REVOKED) with a STARTED or RETRY, then `SETEX` and `PUBLISH`
+//! the same JSON. The second rule is what lets the executor send STARTED without waiting for it:
+//! a STARTED (or a late RETRY) that reaches Redis after the task's outcome changes nothing. Celery uses `MULTI SETEX PUBLISH EXEC`; a MULTI cannot make the
 //! write depend on the current value, a script can, and both run atomically. The PUBLISH is not
 //! optional: Python's `.get()` waits on the key's channel and never re-reads the key.
 
@@ -16,10 +18,19 @@ use tracing::warn;
 use crate::celery::ResultMeta;
 use crate::config::{backoff, redact_url};
 
-const STORE_SCRIPT: &str = r#"
+/// KEYS[1] the result key; ARGV[1] the document, ARGV[2] its expiry in seconds, ARGV[3] "1" when
+/// the document is an intermediate state (STARTED, RETRY). Returns 1 written, 0 kept a SUCCESS,
+/// 2 kept another final state. Public so the benchmarks time exactly this script.
+pub const STORE_SCRIPT: &str = r#"
 local current = redis.call('GET', KEYS[1])
-if current and string.find(current, '"status":%s*"SUCCESS"') then
-  return 0
+if current then
+  if string.find(current, '"status":%s*"SUCCESS"') then
+    return 0
+  end
+  if ARGV[3] == '1' and (string.find(current, '"status":%s*"FAILURE"')
+      or string.find(current, '"status":%s*"REVOKED"')) then
+    return 2
+  end
 end
 redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PUBLISH', KEYS[1], ARGV[1])
@@ -50,6 +61,8 @@ pub enum StoreOutcome {
     Written,
     /// A SUCCESS was already there and was kept.
     KeptSuccess,
+    /// An intermediate state arrived after a FAILURE or REVOKED, which was kept.
+    KeptFinal,
 }
 
 /// Handle on the result keys; cheap to clone.
@@ -125,12 +138,13 @@ impl ResultStore {
             .key(self.key(&meta.task_id))
             .arg(json)
             .arg(self.expires)
+            .arg(if meta.status.is_ready() { "0" } else { "1" })
             .invoke_async(&mut conn)
             .await?;
-        Ok(if written == 1 {
-            StoreOutcome::Written
-        } else {
-            StoreOutcome::KeptSuccess
+        Ok(match written {
+            1 => StoreOutcome::Written,
+            0 => StoreOutcome::KeptSuccess,
+            _ => StoreOutcome::KeptFinal,
         })
     }
 
