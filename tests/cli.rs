@@ -168,7 +168,11 @@ async fn dead_letters_can_be_listed_and_replayed() {
         seen, 1,
         "the replayed message was processed again and dead-lettered again"
     );
-    let logs = worker.logs();
+    let logs = worker.wait_for_log_count(
+        "Received unregistered task",
+        2,
+        std::time::Duration::from_secs(5),
+    );
     assert_eq!(
         logs.matches("Received unregistered task").count(),
         2,

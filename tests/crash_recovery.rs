@@ -41,7 +41,8 @@ async fn sigkill_mid_task_means_redelivery_not_loss() {
         .expect("SUCCESS after redelivery");
     assert_eq!(done["worker"], "second@test", "{done}\n{}", second.logs());
     assert_eq!(done["result"], serde_json::json!({"slept": 2.0}));
-    assert_eq!(second.logs().matches("task finished").count(), 1);
+    let logs = second.wait_for_log_count("task finished", 1, Duration::from_secs(5));
+    assert_eq!(logs.matches("task finished").count(), 1, "{logs}");
     assert_eq!(message_count(&channel, &queue).await, 0);
     drop(second);
     delete_queue(&channel, &queue).await;

@@ -148,7 +148,11 @@ async fn long_countdown_survives_restarts_and_is_not_held_unacked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_task_is_revoked_and_not_run() {
     let queue = unique("expires");
-    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    // `task started` is a debug line.
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("RUST_LOG", "info,worker=debug")],
+    );
     let mut t = task("worker.echo", json!(["never"]));
     t.expires = Some(Utc::now() - chrono::Duration::seconds(1));
     let mut props_task = t.clone();
@@ -171,7 +175,8 @@ async fn expired_task_is_revoked_and_not_run() {
         r["result"],
         json!({"exc_type": "TaskRevokedError", "exc_message": ["expired"], "exc_module": "celery.exceptions"})
     );
-    assert!(!worker.logs().contains("task started"), "{}", worker.logs());
+    let logs = worker.wait_for_log_count("task expired before it ran", 1, Duration::from_secs(5));
+    assert!(!logs.contains("task started"), "{logs}");
     assert_eq!(message_count(&channel, &queue).await, 0);
     delete_queue(&channel, &queue).await;
 }
@@ -222,7 +227,8 @@ async fn retries_republish_the_same_id_then_fail() {
         Some(3),
         "the final run is retry number 3"
     );
-    assert_eq!(worker.logs().matches("task will be retried").count(), 3);
+    let logs = worker.wait_for_log_count("task will be retried", 3, Duration::from_secs(5));
+    assert_eq!(logs.matches("task will be retried").count(), 3, "{logs}");
     let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }

@@ -169,8 +169,7 @@ async fn secrets_never_appear_in_config_readyz_or_logs() {
     })
     .await
     .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let logs = worker.logs();
+    let logs = worker.wait_for_log_count("task finished", 1, Duration::from_secs(5));
     for secret in [
         "SECRET-telegram-token",
         "pg-SECRET-pw",

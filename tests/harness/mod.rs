@@ -73,14 +73,23 @@ impl WorkerProcess {
     }
 
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        self.wait_for_log_count(needle, 1, timeout);
+    }
+
+    /// The log once it holds `count` lines with `needle` (the worker writes its log from a
+    /// thread of its own, a moment after the event). Panics after `timeout`.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize, timeout: Duration) -> String {
         let start = Instant::now();
-        while start.elapsed() < timeout {
-            if self.logs().contains(needle) {
-                return;
+        loop {
+            let logs = self.logs();
+            if logs.matches(needle).count() >= count {
+                return logs;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            if start.elapsed() > timeout {
+                panic!("worker never logged {needle:?} {count} time(s); log:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("worker never logged {needle:?}; log:\n{}", self.logs());
     }
 
     /// The address the HTTP server bound (the harness asks for port 0).

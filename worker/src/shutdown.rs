@@ -23,6 +23,7 @@ pub async fn first_signal() -> std::io::Result<()> {
             _ = int.recv() => {},
         }
         warn!("second signal: exiting now; unfinished tasks return to their queues");
+        crate::telemetry::flush();
         std::process::exit(130);
     });
     Ok(())

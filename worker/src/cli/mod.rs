@@ -147,6 +147,7 @@ pub fn main() -> ExitCode {
             }
         }
     });
+    crate::telemetry::flush();
     match result {
         Ok(outcome) => outcome.into(),
         Err(e) => {
