@@ -32,7 +32,7 @@ pub async fn run(
     receivers: HashMap<String, mpsc::Receiver<Delivery>>,
     concurrency: usize,
     grace: Duration,
-    signal: impl std::future::Future<Output = std::io::Result<()>> + Send,
+    signal: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
 ) -> Result<(), apalis_core::monitor::MonitorError> {
     let mut monitor = Monitor::new().shutdown_timeout(grace);
     for (queue, rx) in receivers {
@@ -45,5 +45,13 @@ pub async fn run(
                 .build(QueueService::new(Arc::clone(&executor), &queue))
         });
     }
-    monitor.run_with_signal(signal).await
+    // The Monitor polls every task future itself. Spawned, it runs on a runtime worker thread
+    // beside the broker and Redis I/O; on the `block_on` thread every wake-up from that I/O
+    // would cross threads (a futex each) before a task could move on.
+    match tokio::spawn(monitor.run_with_signal(signal)).await {
+        Ok(result) => result,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        // Only a runtime shutdown cancels it, and then nobody awaits this.
+        Err(_) => Ok(()),
+    }
 }
