@@ -25,6 +25,9 @@ use scenarios::Env;
 use state::State;
 use systems::{Paths, System, Urls};
 
+/// The label of the baseline worker's rows (see `--baseline-worker`).
+pub const BEFORE_LABEL: &str = "worker-c16-before";
+
 #[derive(Parser)]
 #[command(
     name = "bench",
@@ -89,6 +92,12 @@ struct RunArgs {
     /// Output of the jobs benchmark, pasted into the report when present.
     #[arg(long)]
     jobs_output: Option<PathBuf>,
+    /// A worker binary built from an earlier revision, measured beside this one (before/after).
+    #[arg(long, requires = "baseline_rev")]
+    baseline_worker: Option<PathBuf>,
+    /// The revision `--baseline-worker` was built from, for the report.
+    #[arg(long)]
+    baseline_rev: Option<String>,
     /// Hand-written findings appended to the report.
     #[arg(long)]
     findings: Option<PathBuf>,
@@ -186,15 +195,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         redis,
     };
 
-    let worker16 = systems::worker(&paths, &urls, 16, "", "worker-c16");
-    let worker64 = systems::worker(&paths, &urls, 64, "", "worker-c64");
+    let worker16 = systems::worker(&paths.worker, &urls, 16, "", "worker-c16", "");
+    let worker64 = systems::worker(&paths.worker, &urls, 64, "", "worker-c64", "");
     let worker_ns = systems::worker(
-        &paths,
+        &paths.worker,
         &urls,
         16,
         "--track-started false",
         "worker-c16-no-started",
+        "",
     );
+    // The same binary on a one-thread tokio runtime (tokio reads TOKIO_WORKER_THREADS): fewer
+    // cross-thread wake-ups, but a job that blocks its thread would stall every other one.
+    let mut one_thread = systems::worker(&paths.worker, &urls, 16, "", "worker-c16-1thread", "");
+    one_thread.env.push(("TOKIO_WORKER_THREADS", "1".into()));
+    one_thread.config = one_thread
+        .config
+        .replace("release build", "release build, TOKIO_WORKER_THREADS=1");
+    let before = args.baseline_worker.as_deref().map(|binary| {
+        let rev = args.baseline_rev.as_deref().unwrap_or("baseline");
+        systems::worker(
+            binary,
+            &urls,
+            16,
+            "",
+            BEFORE_LABEL,
+            &format!(" of {rev} (before)"),
+        )
+    });
     let prod = systems::celery_production(&paths, &urls, &run_id);
     let tuned = systems::celery_tuned(
         &paths,
@@ -230,7 +258,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "# systems under test ({queue} is a fresh queue per measurement: bench-<run>-<what>)"
             .into(),
     );
-    for s in [&worker16, &worker64, &worker_ns, &prod, &tuned, &beat] {
+    for s in [
+        &worker16,
+        &worker64,
+        &worker_ns,
+        &one_thread,
+        &prod,
+        &tuned,
+        &beat,
+    ]
+    .into_iter()
+    .chain(before.as_ref())
+    {
         let env_vars: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         report
             .commands
@@ -252,7 +291,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     if part("idle") {
-        for (s, b) in [(&worker16, None), (&prod, Some(&beat)), (&tuned, None)] {
+        let systems = [(&worker16, None), (&prod, Some(&beat)), (&tuned, None)];
+        for (s, b) in systems
+            .into_iter()
+            .chain(before.as_ref().map(|s| (s, None)))
+        {
             if wanted(s)
                 && let Some(i) = attempt!(
                     format!("idle {}", s.label),
@@ -277,7 +320,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if part("drain") {
-        for s in [&worker16, &worker64, &worker_ns, &prod, &tuned] {
+        let systems = [&worker16, &worker64, &worker_ns, &one_thread, &prod, &tuned];
+        for s in systems.into_iter().chain(before.as_ref()) {
             if wanted(s)
                 && let Some(d) = attempt!(
                     format!("drain {}", s.label),
@@ -289,7 +333,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if part("latency") {
-        for s in [&worker16, &prod, &tuned] {
+        for s in [&worker16, &prod, &tuned]
+            .into_iter()
+            .chain(before.as_ref())
+        {
             if wanted(s)
                 && let Some(l) = attempt!(
                     format!("latency {}", s.label),

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use crate::BEFORE_LABEL;
 use crate::scenarios::{CeilingAmqp, CeilingRedis, Drain, Idle, Latency};
 use crate::systems::Kind;
 
@@ -69,6 +70,7 @@ impl Report {
         }
 
         self.render_targets(&mut s);
+        self.render_before_after(&mut s);
         self.render_throughput(&mut s, n);
         self.render_latency(&mut s);
         self.render_memory_startup(&mut s, n);
@@ -146,6 +148,85 @@ impl Report {
                 "| idle RSS < 20 MB | {:.1} MB | {} |",
                 mb(i.rss_kib),
                 mark(mb(i.rss_kib) < 20.0)
+            );
+        }
+    }
+
+    /// The baseline binary (`--baseline-worker`) beside this one, both measured in this run.
+    fn render_before_after(&self, s: &mut String) {
+        let before = self.drain(BEFORE_LABEL);
+        let after = self.drain("worker-c16");
+        let (Some(before), Some(after)) = (before, after) else {
+            return;
+        };
+        let _ = writeln!(
+            s,
+            "\n## Before and after the fixes (same run, same machine, --concurrency 16)\n\n\
+             `{}` is the release binary of the baseline revision, `{}` the one built from this \
+             tree; both ran with their scheduler on. Lower is better except for tasks/s.\n",
+            BEFORE_LABEL, after.system.label
+        );
+        let _ = writeln!(
+            s,
+            "| measure | before | after | after ÷ before |\n|---|---|---|---|"
+        );
+        let mut row = |what: &str, b: f64, a: f64, unit: &str, digits: usize| {
+            let _ = writeln!(
+                s,
+                "| {what} | {b:.digits$}{unit} | **{a:.digits$}{unit}** | {:.2} |",
+                a / b
+            );
+        };
+        row(
+            "drain throughput, tasks/s",
+            before.rate(),
+            after.rate(),
+            "",
+            0,
+        );
+        let per_k = |d: &Drain, x: f64| x / d.n as f64 * 1000.0;
+        row(
+            "worker CPU s per 1,000 tasks",
+            per_k(before, before.cpu.sut),
+            per_k(after, after.cpu.sut),
+            "",
+            3,
+        );
+        row(
+            "RabbitMQ CPU s per 1,000 tasks",
+            per_k(before, before.cpu.broker),
+            per_k(after, after.cpu.broker),
+            "",
+            3,
+        );
+        row(
+            "Redis CPU s per 1,000 tasks",
+            per_k(before, before.cpu.redis),
+            per_k(after, after.cpu.redis),
+            "",
+            3,
+        );
+        row(
+            "peak RSS during the drain",
+            mb(before.peak_rss_kib),
+            mb(after.peak_rss_kib),
+            " MB",
+            1,
+        );
+        let latency = |label: &str| self.latencies.iter().find(|l| l.system.label == label);
+        if let (Some(b), Some(a)) = (latency(BEFORE_LABEL), latency("worker-c16")) {
+            row("latency p50 at steady rate", b.p50_ms, a.p50_ms, " ms", 2);
+            row("latency p99 at steady rate", b.p99_ms, a.p99_ms, " ms", 2);
+        }
+        let idle = |label: &str| self.idles.iter().find(|i| i.system.label == label);
+        if let (Some(b), Some(a)) = (idle(BEFORE_LABEL), idle("worker-c16")) {
+            row("idle RSS", mb(b.rss_kib), mb(a.rss_kib), " MB", 1);
+            row(
+                "startup to consuming",
+                b.startup_secs * 1000.0,
+                a.startup_secs * 1000.0,
+                " ms",
+                0,
             );
         }
     }

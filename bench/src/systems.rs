@@ -60,7 +60,17 @@ fn kombu_url(amqp: &str) -> String {
         .unwrap_or_else(|| amqp.to_owned())
 }
 
-pub fn worker(paths: &Paths, urls: &Urls, concurrency: u16, extra: &str, label: &str) -> System {
+/// This worker's release binary at `binary` (the work tree's, or a baseline revision's), with its
+/// scheduler on as deployed (the shipped schedules.toml, its state under a key prefix of its own)
+/// and its HTTP server on a free loopback port.
+pub fn worker(
+    binary: &Path,
+    urls: &Urls,
+    concurrency: u16,
+    extra: &str,
+    label: &str,
+    built_from: &str,
+) -> System {
     let extra_flags = if extra.is_empty() {
         String::new()
     } else {
@@ -69,10 +79,12 @@ pub fn worker(paths: &Paths, urls: &Urls, concurrency: u16, extra: &str, label: 
     System {
         label: label.to_owned(),
         kind: Kind::Worker,
-        config: format!("release build, --concurrency {concurrency}{extra_flags}, RUST_LOG=info"),
+        config: format!(
+            "release build{built_from}, --concurrency {concurrency}{extra_flags}, scheduler on, RUST_LOG=info"
+        ),
         command: format!(
             "{} run --queues {{queue}} --concurrency {concurrency}{extra_flags}",
-            paths.worker.display()
+            binary.display()
         ),
         prefetch: concurrency,
         env: vec![
@@ -80,6 +92,8 @@ pub fn worker(paths: &Paths, urls: &Urls, concurrency: u16, extra: &str, label: 
             ("REDIS_URL", urls.redis.clone()),
             ("RUST_LOG", "info".into()),
             ("LOG_FORMAT", "json".into()),
+            ("WORKER_KEY_PREFIX", format!("bench-{label}:")),
+            ("WORKER_HTTP_ADDR", "127.0.0.1:0".into()),
         ],
     }
 }
