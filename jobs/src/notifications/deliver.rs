@@ -1,5 +1,7 @@
 //! Sending one recorded Telegram notification and writing the outcome on its row.
 
+use sqlx::PgConnection;
+
 use crate::telegram::TelegramError;
 use crate::{Context, JobError};
 
@@ -11,22 +13,68 @@ pub(crate) async fn deliver_telegram(
     chat_id: i64,
     html: &str,
 ) -> Result<Result<(), TelegramError>, JobError> {
+    let mut conn = ctx.db().acquire().await?;
+    deliver_telegram_on(ctx, &mut conn, notification_id, chat_id, html).await
+}
+
+/// Like [`deliver_telegram`], unless the row is already `sent` (`Ok(None)`). The row is locked
+/// for the whole delivery (a transaction-scoped advisory lock, released by commit or by the
+/// rollback of a cancelled run), so two runs that reach the same row at once send it once: the
+/// second waits, then finds it `sent`.
+pub(crate) async fn deliver_telegram_once(
+    ctx: &Context,
+    notification_id: i32,
+    chat_id: i64,
+    html: &str,
+) -> Result<Option<Result<(), TelegramError>>, JobError> {
+    ctx.count_statement();
+    let mut tx = ctx.db().begin().await?;
+    ctx.count_statement();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("notification-row:{notification_id}"))
+        .execute(&mut *tx)
+        .await?;
+    ctx.count_statement();
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM notifications WHERE id = $1")
+            .bind(notification_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let outcome = if status.as_deref() == Some("sent") {
+        None
+    } else {
+        Some(deliver_telegram_on(ctx, &mut tx, notification_id, chat_id, html).await?)
+    };
+    ctx.count_statement();
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn deliver_telegram_on(
+    ctx: &Context,
+    conn: &mut PgConnection,
+    notification_id: i32,
+    chat_id: i64,
+    html: &str,
+) -> Result<Result<(), TelegramError>, JobError> {
     let Some(telegram) = ctx.telegram() else {
         return Err(JobError::TelegramDisabled);
     };
     match telegram.send_message(chat_id, html).await {
         Ok(_) => {
+            ctx.count_statement();
             sqlx::query(
                 "UPDATE notifications SET status = 'sent', sent_at = now(), error_message = NULL \
                  WHERE id = $1",
             )
             .bind(notification_id)
-            .execute(ctx.counted())
+            .execute(&mut *conn)
             .await?;
             Ok(Ok(()))
         }
         Err(error) => {
             tracing::warn!(notification_id, chat_id, %error, "telegram delivery failed");
+            ctx.count_statement();
             sqlx::query(
                 "UPDATE notifications \
                  SET status = 'failed', error_message = $2, retry_count = retry_count + 1 \
@@ -34,7 +82,7 @@ pub(crate) async fn deliver_telegram(
             )
             .bind(notification_id)
             .bind(error.to_string())
-            .execute(ctx.counted())
+            .execute(&mut *conn)
             .await?;
             Ok(Err(error))
         }

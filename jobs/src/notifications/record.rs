@@ -1,4 +1,9 @@
 //! Writing `notifications` rows and reading `users.notification_preferences`.
+//!
+//! A task that is retried or redelivered runs again with the same Celery task id. Rows written
+//! by [`record_once`] carry that id in `data.celery_task_id`, and a rerun finds them instead of
+//! inserting again: the user sees one in-app notification, and a Telegram message already
+//! `sent` is not sent twice.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -52,6 +57,70 @@ pub(crate) struct NewNotification<'a> {
 /// The `title` column is VARCHAR(200).
 fn clip_title(title: &str) -> String {
     title.chars().take(200).collect()
+}
+
+/// The key in `notifications.data` that ties a row to the task run that wrote it.
+pub(crate) const DELIVERY_KEY: &str = "celery_task_id";
+
+/// A row found or made by [`record_once`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub id: i32,
+    /// An earlier run of the same task already delivered it (status `sent`).
+    pub already_sent: bool,
+}
+
+/// Inserts the row unless an earlier run of the same task (`delivery_key`, its Celery id) already
+/// recorded this user, type and channel; returns that row or the new one. `n.data` must carry
+/// `delivery_key` under [`DELIVERY_KEY`].
+pub(crate) async fn record_once(
+    ctx: &Context,
+    n: &NewNotification<'_>,
+    delivery_key: &str,
+) -> Result<Recorded, sqlx::Error> {
+    debug_assert_eq!(
+        n.data.get(DELIVERY_KEY).and_then(Value::as_str),
+        Some(delivery_key)
+    );
+    ctx.count_statement();
+    let mut tx = ctx.db().begin().await?;
+    // Two runs of one task at once (a redelivery while the first still runs) take turns here;
+    // the notifications table has no unique key to lean on.
+    ctx.count_statement();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!(
+            "notification:{delivery_key}:{}:{}:{}",
+            n.user_id,
+            n.notification_type,
+            n.channel.as_str()
+        ))
+        .execute(&mut *tx)
+        .await?;
+    ctx.count_statement();
+    let existing: Option<(i32, String)> = sqlx::query_as(
+        "SELECT id, status FROM notifications \
+         WHERE user_id = $1 AND type = $2 AND channel = $3 AND data->>'celery_task_id' = $4 \
+         ORDER BY id LIMIT 1",
+    )
+    .bind(n.user_id)
+    .bind(n.notification_type)
+    .bind(n.channel.as_str())
+    .bind(delivery_key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let recorded = match existing {
+        Some((id, status)) => Recorded {
+            id,
+            already_sent: status == "sent",
+        },
+        None => Recorded {
+            id: insert_notification(ctx, &mut *tx, n).await?,
+            already_sent: false,
+        },
+    };
+    ctx.count_statement();
+    tx.commit().await?;
+    Ok(recorded)
 }
 
 /// Inserts the row; returns its id.

@@ -46,12 +46,14 @@ pub struct SendBulkNotificationsReport {
 }
 
 /// Notifies each user; one user's failure does not stop the others, and none is an error of the
-/// whole task (retrying it would notify the others twice).
+/// whole task. `delivery_key` (the Celery task id) makes a redelivered task skip the users it
+/// already notified, as for `send_shift_notification`.
 pub async fn send_bulk_notifications(
     ctx: &Context,
     user_ids: &[i32],
     notification_type: &str,
     data: &Value,
+    delivery_key: Option<&str>,
 ) -> Result<SendBulkNotificationsReport, JobError> {
     let mut unique = Vec::with_capacity(user_ids.len());
     for id in user_ids {
@@ -64,7 +66,8 @@ pub async fn send_bulk_notifications(
             .map(|user_id| async move {
                 (
                     user_id,
-                    send_shift_notification(ctx, user_id, notification_type, data).await,
+                    send_shift_notification(ctx, user_id, notification_type, data, delivery_key)
+                        .await,
                 )
             })
             .buffer_unordered(CONCURRENCY)

@@ -1,11 +1,15 @@
 //! `send_shift_notification(user_id, notification_type, data)`: one notification to one user,
-//! on the channels the user allows, recorded and delivered.
+//! on the channels the user allows, recorded and delivered; once per task, however often the
+//! task runs (see [`super::record::record_once`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::deliver_telegram;
-use super::record::{Channel, NewNotification, channel_enabled, insert_notification};
+use super::deliver::{deliver_telegram, deliver_telegram_once};
+use super::record::{
+    Channel, DELIVERY_KEY, NewNotification, Recorded, channel_enabled, insert_notification,
+    record_once,
+};
 use super::render::{message_for, render_telegram_html, title_for};
 use crate::{Context, JobError};
 
@@ -53,12 +57,15 @@ const PRIORITIES: [&str; 4] = ["low", "normal", "high", "urgent"];
 
 /// Records and delivers the notification. A permanent Telegram refusal (400, 403) is a report
 /// with `success: false`; a transient one that outlasted the client's retries is an error, so
-/// the worker retries the task.
+/// the worker retries the task. `delivery_key` (the Celery task id) makes a rerun of the same
+/// task reuse the rows of the earlier run: no second in-app row, no second Telegram message once
+/// one was sent. `None` records every call anew.
 pub async fn send_shift_notification(
     ctx: &Context,
     user_id: i32,
     notification_type: &str,
     data: &Value,
+    delivery_key: Option<&str>,
 ) -> Result<SendShiftNotificationReport, JobError> {
     let notification_type = notification_type.trim();
     if notification_type.is_empty() || notification_type.chars().count() > 50 {
@@ -88,10 +95,22 @@ pub async fn send_shift_notification(
         .and_then(|p| PRIORITIES.iter().find(|known| **known == p))
         .copied()
         .unwrap_or("normal");
-    let stored_data = if data.is_null() {
+    let mut stored_data = if data.is_null() {
         Value::Object(Default::default())
     } else {
         data.clone()
+    };
+    if let (Some(key), Value::Object(map)) = (delivery_key, &mut stored_data) {
+        map.insert(DELIVERY_KEY.into(), key.into());
+    }
+    let record = async |row: &NewNotification<'_>| -> Result<Recorded, sqlx::Error> {
+        match delivery_key {
+            Some(key) => record_once(ctx, row, key).await,
+            None => Ok(Recorded {
+                id: insert_notification(ctx, ctx.db(), row).await?,
+                already_sent: false,
+            }),
+        }
     };
 
     let mut report = SendShiftNotificationReport {
@@ -112,16 +131,25 @@ pub async fn send_shift_notification(
         sent_at: Some(chrono::Utc::now()),
     };
     if channel_enabled(prefs, notification_type, Channel::InApp) {
-        insert_notification(ctx, ctx.db(), &row).await?;
+        record(&row).await?;
         report.channels.push(Channel::InApp.as_str());
     }
     if ctx.telegram().is_some() && channel_enabled(prefs, notification_type, Channel::Telegram) {
         row.channel = Channel::Telegram;
         row.sent_at = None;
-        let id = insert_notification(ctx, ctx.db(), &row).await?;
+        let recorded = record(&row).await?;
         report.channels.push(Channel::Telegram.as_str());
+        if recorded.already_sent {
+            return Ok(report);
+        }
         let html = render_telegram_html(notification_type, &title, &message, &stored_data);
-        match deliver_telegram(ctx, id, recipient.telegram_id, &html).await? {
+        let chat = recipient.telegram_id;
+        let delivered = match delivery_key {
+            // Another run of this task may be delivering the same row right now.
+            Some(_) => deliver_telegram_once(ctx, recorded.id, chat, &html).await?,
+            None => Some(deliver_telegram(ctx, recorded.id, chat, &html).await?),
+        };
+        match delivered.unwrap_or(Ok(())) {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {

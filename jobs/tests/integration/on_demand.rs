@@ -20,7 +20,7 @@ async fn shift_notification_is_recorded_and_delivered_escaped() {
     let env = TestEnv::new().await;
     let (user, chat) = env.user().await;
     let data = json!({"object_name": "<Склад & Ко>", "shift_start": "10.03 09:00"});
-    let report = send_shift_notification(&env.ctx, user, "shift_cancelled", &data)
+    let report = send_shift_notification(&env.ctx, user, "shift_cancelled", &data, None)
         .await
         .expect("send");
     let json = serde_json::to_value(&report).expect("json");
@@ -52,7 +52,7 @@ async fn shift_notification_is_recorded_and_delivered_escaped() {
 #[tokio::test]
 async fn shift_notification_errors_are_typed() {
     let env = TestEnv::new().await;
-    let missing = send_shift_notification(&env.ctx, 999_999, "shift_cancelled", &json!({}))
+    let missing = send_shift_notification(&env.ctx, 999_999, "shift_cancelled", &json!({}), None)
         .await
         .expect_err("no user");
     assert_eq!(
@@ -60,13 +60,13 @@ async fn shift_notification_errors_are_typed() {
         ("NotFound", false)
     );
     let (user, chat) = env.user().await;
-    let bad = send_shift_notification(&env.ctx, user, " ", &json!({}))
+    let bad = send_shift_notification(&env.ctx, user, " ", &json!({}), None)
         .await
         .expect_err("bad type");
     assert_eq!(bad.kind(), "ValueError");
 
     env.telegram.script_chat(chat, &[Reply::Forbidden]);
-    let blocked = send_shift_notification(&env.ctx, user, "shift_cancelled", &json!({}))
+    let blocked = send_shift_notification(&env.ctx, user, "shift_cancelled", &json!({}), None)
         .await
         .expect("report");
     assert!(!blocked.success);
@@ -74,10 +74,109 @@ async fn shift_notification_errors_are_typed() {
 
     // Four 500s outlast the client's retries: a transient error for the worker to retry.
     env.telegram.script_chat(chat, &[Reply::ServerError; 4]);
-    let down = send_shift_notification(&env.ctx, user, "shift_cancelled", &json!({}))
+    let down = send_shift_notification(&env.ctx, user, "shift_cancelled", &json!({}), None)
         .await
         .expect_err("5xx");
     assert_eq!((down.kind(), down.is_transient()), ("TelegramError", true));
+}
+
+/// A retried or redelivered task runs again with the same Celery id: it must not record a second
+/// in-app notification, must retry a Telegram message that failed on the same row, and must not
+/// send one that was already sent.
+#[tokio::test]
+async fn shift_notification_rerun_of_the_same_task_records_and_sends_once() {
+    let env = TestEnv::new().await;
+    let (user, chat) = env.user().await;
+    let data = json!({"object_name": "Склад"});
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let rows = async || -> Vec<(String, String, i32)> {
+        sqlx::query_as(
+            "SELECT channel, status, retry_count FROM notifications WHERE user_id = $1 \
+             ORDER BY channel, id",
+        )
+        .bind(user)
+        .fetch_all(&env.pool)
+        .await
+        .expect("rows")
+    };
+
+    // First run: Telegram is down past the client's retries, so the task fails to be retried.
+    env.telegram.script_chat(chat, &[Reply::ServerError; 4]);
+    let down = send_shift_notification(&env.ctx, user, "shift_cancelled", &data, Some(&task_id))
+        .await
+        .expect_err("5xx");
+    assert!(down.is_transient());
+    assert_eq!(
+        rows().await,
+        [
+            ("in_app".into(), "sent".into(), 0),
+            ("telegram".into(), "failed".into(), 1)
+        ]
+    );
+    let attempts_while_down = env.telegram.requests_to(chat).len();
+
+    // The retry: same rows, the Telegram one now sent.
+    env.telegram.script_chat(chat, &[Reply::Ok]);
+    let report = send_shift_notification(&env.ctx, user, "shift_cancelled", &data, Some(&task_id))
+        .await
+        .expect("retry");
+    assert!(report.success);
+    assert_eq!(
+        rows().await,
+        [
+            ("in_app".into(), "sent".into(), 0),
+            ("telegram".into(), "sent".into(), 1)
+        ]
+    );
+    assert_eq!(
+        env.telegram.requests_to(chat).len(),
+        attempts_while_down + 1
+    );
+
+    // A redelivery after success (a crash before the ack): nothing new is recorded or sent.
+    let again = send_shift_notification(&env.ctx, user, "shift_cancelled", &data, Some(&task_id))
+        .await
+        .expect("redelivery");
+    assert!(again.success);
+    assert_eq!(rows().await.len(), 2);
+    assert_eq!(
+        env.telegram.requests_to(chat).len(),
+        attempts_while_down + 1
+    );
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT data FROM notifications WHERE user_id = $1 LIMIT 1")
+            .bind(user)
+            .fetch_one(&env.pool)
+            .await
+            .expect("data");
+    assert_eq!(stored["celery_task_id"], task_id.as_str());
+
+    // Another task (another id) is another notification.
+    send_shift_notification(
+        &env.ctx,
+        user,
+        "shift_cancelled",
+        &data,
+        Some("another-task"),
+    )
+    .await
+    .expect("another task");
+    assert_eq!(rows().await.len(), 4);
+
+    // Two runs of one task at once record once and send once.
+    let (other, other_chat) = env.user().await;
+    let both = tokio::join!(
+        send_shift_notification(&env.ctx, other, "shift_cancelled", &data, Some(&task_id)),
+        send_shift_notification(&env.ctx, other, "shift_cancelled", &data, Some(&task_id)),
+    );
+    assert!(both.0.is_ok() && both.1.is_ok());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = $1")
+        .bind(other)
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 2, "one in-app and one Telegram row");
+    assert_eq!(env.telegram.requests_to(other_chat).len(), 1);
 }
 
 #[tokio::test]
@@ -92,6 +191,7 @@ async fn bulk_notification_reports_each_user() {
         &[a, b, c, a, 999_999],
         "schedule_changed",
         &json!({}),
+        None,
     )
     .await
     .expect("bulk");

@@ -40,7 +40,7 @@ fn context(ctx: &Option<Arc<Context>>, task: &str) -> Result<Arc<Context>, TaskE
 }
 
 macro_rules! staffprobot_job {
-    ($job:ident, $name:literal, $queue:literal, $desc:literal, $args:ty, |$ctx:ident, $a:ident| $body:expr) => {
+    ($job:ident, $name:literal, $queue:literal, $desc:literal, $args:ty, |$ctx:ident, $a:ident, $run:ident| $body:expr) => {
         /// See the module documentation.
         pub struct $job(pub Option<Arc<Context>>);
 
@@ -57,7 +57,7 @@ macro_rules! staffprobot_job {
             type Args = $args;
             type Output = Value;
 
-            async fn run(&self, $a: $args, _: JobContext) -> Result<Value, TaskError> {
+            async fn run(&self, $a: $args, $run: JobContext) -> Result<Value, TaskError> {
                 let $ctx = context(&self.0, Self::NAME)?;
                 let $ctx = &*$ctx;
                 report(Self::NAME, $body.await)
@@ -72,7 +72,7 @@ staffprobot_job!(
     "notifications",
     "Telegram/in-app reminders of planned shifts starting within the next hours",
     jobs::reminders::ProcessRemindersArgs,
-    |ctx, _a| jobs::reminders::process_reminders(ctx)
+    |ctx, _a, _run| jobs::reminders::process_reminders(ctx)
 );
 staffprobot_job!(
     AutoCloseShifts,
@@ -80,7 +80,7 @@ staffprobot_job!(
     "shifts",
     "closes shifts and planned schedules left open past their end, with exact money",
     jobs::auto_close::AutoCloseShiftsArgs,
-    |ctx, _a| jobs::auto_close::auto_close_shifts(ctx)
+    |ctx, _a, _run| jobs::auto_close::auto_close_shifts(ctx)
 );
 staffprobot_job!(
     CleanupCache,
@@ -88,7 +88,7 @@ staffprobot_job!(
     "analytics",
     "deletes analytics:* with SCAN+UNLINK and reports Redis statistics",
     jobs::cleanup_cache::CleanupCacheArgs,
-    |ctx, _a| jobs::cleanup_cache::cleanup_cache(ctx)
+    |ctx, _a, _run| jobs::cleanup_cache::cleanup_cache(ctx)
 );
 staffprobot_job!(
     PlanNextYearTimeslots,
@@ -96,7 +96,7 @@ staffprobot_job!(
     "shifts",
     "creates next year's time slots for every active object from its weekly schedule",
     jobs::planner::PlanNextYearTimeslotsArgs,
-    |ctx, _a| jobs::planner::plan_next_year_timeslots(ctx)
+    |ctx, _a, _run| jobs::planner::plan_next_year_timeslots(ctx)
 );
 staffprobot_job!(
     SendShiftNotification,
@@ -104,11 +104,12 @@ staffprobot_job!(
     "notifications",
     "send_shift_notification(user_id, notification_type, data)",
     jobs::notifications::SendShiftNotificationArgs,
-    |ctx, a| jobs::notifications::send_shift_notification(
+    |ctx, a, run| jobs::notifications::send_shift_notification(
         ctx,
         a.user_id,
         &a.notification_type,
-        &a.data
+        &a.data,
+        Some(&run.task_id)
     )
 );
 staffprobot_job!(
@@ -117,11 +118,12 @@ staffprobot_job!(
     "notifications",
     "send_bulk_notifications(user_ids, notification_type, data)",
     jobs::notifications::SendBulkNotificationsArgs,
-    |ctx, a| jobs::notifications::send_bulk_notifications(
+    |ctx, a, run| jobs::notifications::send_bulk_notifications(
         ctx,
         &a.user_ids,
         &a.notification_type,
-        &a.data
+        &a.data,
+        Some(&run.task_id)
     )
 );
 staffprobot_job!(
@@ -130,7 +132,7 @@ staffprobot_job!(
     "notifications",
     "send_shift_reminder(user_id, shift_schedule_id, shift_data)",
     jobs::reminders::SendShiftReminderArgs,
-    |ctx, a| jobs::reminders::send_shift_reminder(
+    |ctx, a, _run| jobs::reminders::send_shift_reminder(
         ctx,
         a.user_id,
         a.shift_schedule_id,
@@ -143,7 +145,7 @@ staffprobot_job!(
     "notifications",
     "send_notification_now(notification_id) -> bool",
     jobs::notifications::SendNotificationNowArgs,
-    |ctx, a| jobs::notifications::send_notification_now(ctx, a.notification_id)
+    |ctx, a, _run| jobs::notifications::send_notification_now(ctx, a.notification_id)
 );
 staffprobot_job!(
     CalculateShiftPayment,
@@ -151,7 +153,7 @@ staffprobot_job!(
     "shifts",
     "calculate_shift_payment(shift_id) -> {total_hours, total_payment}",
     jobs::shift_payment::CalculateShiftPaymentArgs,
-    |ctx, a| jobs::shift_payment::calculate_shift_payment(ctx, a.shift_id)
+    |ctx, a, _run| jobs::shift_payment::calculate_shift_payment(ctx, a.shift_id)
 );
 staffprobot_job!(
     CalculateMonthlyMetrics,
@@ -159,7 +161,7 @@ staffprobot_job!(
     "analytics",
     "calculate_monthly_metrics(year=None, month=None), cached 30 days",
     jobs::monthly_metrics::CalculateMonthlyMetricsArgs,
-    |ctx, a| jobs::monthly_metrics::calculate_monthly_metrics(ctx, a.year, a.month)
+    |ctx, a, _run| jobs::monthly_metrics::calculate_monthly_metrics(ctx, a.year, a.month)
 );
 
 /// Register every StaffProBot task; `ctx` is None where jobs only need to be listed.
