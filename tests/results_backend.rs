@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use serde_json::{Map, Value, json};
 use worker::celery::amqp_value::json_to_table;
 use worker::celery::result::Origin;
-use worker::celery::{ResultMeta, TaskError, TaskMessage};
+use worker::celery::{OutgoingTask, ResultMeta, TaskError, TaskMessage};
 use worker::results::{ResultStore, StoreOutcome, connect_redis};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,6 +124,64 @@ async fn late_intermediate_states_never_replace_a_final_one() {
             let stored = store.get(&message.id).await.unwrap().unwrap();
             assert_eq!(stored.status.as_str(), "SUCCESS");
         }
+    }
+}
+
+/// The statuses published on a task's result channel until it is ready, in order.
+async fn published_statuses(
+    client: &redis::Client,
+    id: &str,
+    send: impl AsyncFnOnce(),
+) -> Vec<String> {
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("celery-task-meta-{id}"))
+        .await
+        .unwrap();
+    let mut messages = pubsub.into_on_message();
+    send().await;
+    let mut statuses = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+        let doc: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        let status = doc["status"].as_str().unwrap_or_default().to_owned();
+        let ready = status == "SUCCESS" || status == "FAILURE";
+        statuses.push(status);
+        if ready {
+            break;
+        }
+    }
+    statuses
+}
+
+/// STARTED is written once a task has run `WORKER_TRACK_STARTED_AFTER_MS` (default 5 ms): a
+/// quick task goes straight to SUCCESS, a slower one shows STARTED first, and 0 always does.
+#[tokio::test(flavor = "multi_thread")]
+async fn started_is_written_for_tasks_that_outlast_the_delay() {
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let (_conn, channel) = amqp().await;
+    for (after_ms, seconds, expected) in [
+        (None, 0.0, vec!["SUCCESS"]),
+        (None, 0.3, vec!["STARTED", "SUCCESS"]),
+        (Some("0"), 0.0, vec!["STARTED", "SUCCESS"]),
+    ] {
+        let queue = unique("started-after");
+        let env: Vec<(&str, &str)> = after_ms
+            .map(|ms| ("WORKER_TRACK_STARTED_AFTER_MS", ms))
+            .into_iter()
+            .collect();
+        let worker = WorkerProcess::start(std::slice::from_ref(&queue), &env);
+        let t = OutgoingTask::new("worker.sleep", vec![Value::from(seconds)], Map::new());
+        let statuses = published_statuses(&client, &t.id, async || {
+            publish_raw(&channel, &queue, &t.body(), t.properties()).await;
+        })
+        .await;
+        assert_eq!(
+            statuses,
+            expected,
+            "after_ms={after_ms:?} seconds={seconds}\n{}",
+            worker.logs()
+        );
+        delete_queue(&channel, &queue).await;
     }
 }
 

@@ -205,6 +205,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "worker-c16-no-started",
         "",
     );
+    let worker_sa = systems::worker(
+        &paths.worker,
+        &urls,
+        16,
+        "--track-started-after-ms 0",
+        "worker-c16-started-at-once",
+        "",
+    );
     // The same binary on a one-thread tokio runtime (tokio reads TOKIO_WORKER_THREADS): fewer
     // cross-thread wake-ups, but a job that blocks its thread would stall every other one.
     let mut one_thread = systems::worker(&paths.worker, &urls, 16, "", "worker-c16-1thread", "");
@@ -320,7 +328,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if part("drain") {
-        let systems = [&worker16, &worker64, &worker_ns, &one_thread, &prod, &tuned];
+        let systems = [
+            &worker16,
+            &worker64,
+            &worker_ns,
+            &worker_sa,
+            &one_thread,
+            &prod,
+            &tuned,
+        ];
         for s in systems.into_iter().chain(before.as_ref()) {
             if wanted(s)
                 && let Some(d) = attempt!(

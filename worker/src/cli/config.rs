@@ -27,6 +27,7 @@ pub fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "WORKER_CONCURRENCY": s.concurrency,
         "WORKER_HOSTNAME": s.hostname(),
         "WORKER_TRACK_STARTED": s.track_started,
+        "WORKER_TRACK_STARTED_AFTER_MS": s.track_started_after_ms,
         "WORKER_RESULT_EXTENDED": s.result_extended,
         "WORKER_MAX_MESSAGE_BYTES": s.max_message_bytes,
         "WORKER_ETA_HOLD": s.eta_hold,

@@ -154,6 +154,7 @@ pub async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Result<Out
         ExecutorSettings {
             hostname,
             track_started: settings.track_started,
+            started_after: Duration::from_millis(settings.track_started_after_ms),
             result_extended: settings.result_extended,
             max_message_bytes: settings.max_message_bytes,
             eta_hold: settings.eta_hold(),

@@ -34,6 +34,8 @@ use crate::results::ResultWriter;
 pub struct ExecutorSettings {
     pub hostname: String,
     pub track_started: bool,
+    /// STARTED waits this long into the run; a job that finishes sooner never gets one.
+    pub started_after: Duration,
     pub result_extended: bool,
     pub max_message_bytes: usize,
     /// An eta at most this far away is waited for in memory; a later one goes to the delayed store.
@@ -170,17 +172,29 @@ impl Executor {
         }
 
         let record = !message.ignore_result;
-        // STARTED is sent as the job begins, not awaited before it: the write and the job run
-        // together, saving a Redis round trip per task. Sent first on the same connection, it
-        // normally lands first; if it lands after the outcome, the store script keeps the outcome.
+        // STARTED runs beside the job instead of before it, and only once the job has run for
+        // `started_after`: a job that is done by then goes straight to its outcome, and no
+        // task waits for the STARTED round trip. A STARTED that reaches Redis after the outcome
+        // changes nothing (the store script keeps final states).
         let started = async {
             if record && self.settings.track_started {
+                if !self.settings.started_after.is_zero() {
+                    tokio::time::sleep(self.settings.started_after).await;
+                }
                 self.results
                     .write_transient_state(&ResultMeta::started(origin))
                     .await;
+            } else {
+                std::future::pending::<()>().await;
             }
         };
-        let ((), outcome) = tokio::join!(started, self.invoke(job.as_ref(), &message, queue));
+        let run = self.invoke(job.as_ref(), &message, queue);
+        tokio::pin!(run);
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            () = started => run.await,
+        };
         match outcome {
             Ok(value) => {
                 if record {
