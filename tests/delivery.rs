@@ -320,6 +320,10 @@ async fn sigterm_lets_a_running_task_finish_then_exits_zero() {
     .await
     .unwrap();
     assert_eq!(code.0, Some(0), "{}", code.1);
+    // A clean shutdown logs no error (lapin used to complain about the channel it was closing),
+    // and the last line, written just before exit, is in the log.
+    assert!(!code.1.contains(" ERROR "), "{}", code.1);
+    assert!(code.1.contains("worker stopped"), "{}", code.1);
     let r = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(1))
         .await
         .expect("finished before exit");

@@ -240,6 +240,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.tuned_prefetch_multiplier,
     );
     let beat = systems::celery_beat(&paths, &urls, &env.state.dir);
+    // Every system the drain measures, in table order; the report lists their commands.
+    let drained: Vec<&System> = [
+        &worker16,
+        &worker64,
+        &worker_ns,
+        &worker_sa,
+        &one_thread,
+        &prod,
+        &tuned,
+    ]
+    .into_iter()
+    .chain(before.as_ref())
+    .collect();
     let wanted = |s: &System| args.systems.is_empty() || args.systems.contains(&s.label);
     let part = |p: &str| args.only.iter().any(|o| o == p);
 
@@ -266,18 +279,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "# systems under test ({queue} is a fresh queue per measurement: bench-<run>-<what>)"
             .into(),
     );
-    for s in [
-        &worker16,
-        &worker64,
-        &worker_ns,
-        &one_thread,
-        &prod,
-        &tuned,
-        &beat,
-    ]
-    .into_iter()
-    .chain(before.as_ref())
-    {
+    for s in drained.iter().copied().chain([&beat]) {
         let env_vars: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         report
             .commands
@@ -328,16 +330,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if part("drain") {
-        let systems = [
-            &worker16,
-            &worker64,
-            &worker_ns,
-            &worker_sa,
-            &one_thread,
-            &prod,
-            &tuned,
-        ];
-        for s in systems.into_iter().chain(before.as_ref()) {
+        for s in drained.iter().copied() {
             if wanted(s)
                 && let Some(d) = attempt!(
                     format!("drain {}", s.label),

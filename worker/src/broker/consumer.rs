@@ -168,6 +168,9 @@ async fn consume(
             }
             control.close.cancelled().await;
             for f in &forwarders { f.abort(); }
+            // Closed before the connection: closing a connection with an open channel makes
+            // lapin log a spurious "invalid channel state: Closing" error on every shutdown.
+            let _ = channel.close(200, "worker shutting down".into()).await;
             Ok(Ended::Closed)
         }
     }
