@@ -367,3 +367,93 @@ async fn sigterm_past_the_grace_hands_the_task_to_another_worker() {
     let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }
+
+/// The sum of a metric's samples in Prometheus text (all label sets).
+fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn publish_pings(queue: &str, n: usize) -> Vec<String> {
+    let (_conn, channel) = amqp().await;
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = task("worker.ping", json!([]));
+        publish_raw(&channel, queue, &t.body(), t.properties()).await;
+        ids.push(t.id);
+    }
+    ids
+}
+
+/// Acks are batched per channel (broker::settle): a long task holding the oldest delivery does
+/// not hold back the acks of the quick tasks behind it, nothing is acked while its task runs,
+/// every message is acked exactly once (a second ack of a tag would make RabbitMQ close the
+/// channel and redeliver), and under load one frame acks many deliveries.
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_are_batched_and_never_cover_a_running_task() {
+    let queue = unique("acks");
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[("WORKER_CONCURRENCY", "8")]);
+    let metrics_url = format!("http://{}/metrics", worker.http_addr());
+    let long = task("worker.sleep", json!([4]));
+    send(&queue, &long).await;
+    wait_result(&long.id, Some("STARTED"), Duration::from_secs(10))
+        .await
+        .expect("STARTED");
+
+    let quick = publish_pings(&queue, 200).await;
+    for id in &quick {
+        wait_result(id, Some("SUCCESS"), Duration::from_secs(30))
+            .await
+            .expect("quick task done while the long one runs");
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while unacked(&queue) != (0, 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        unacked(&queue),
+        (0, 1),
+        "the quick tasks are acked, the running one is not"
+    );
+    wait_result(&long.id, Some("SUCCESS"), Duration::from_secs(10))
+        .await
+        .expect("long task done");
+
+    let burst = publish_pings(&queue, 1000).await;
+    for id in &burst {
+        wait_result(id, Some("SUCCESS"), Duration::from_secs(60))
+            .await
+            .expect("burst done");
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while unacked(&queue) != (0, 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(unacked(&queue), (0, 0), "everything acked");
+
+    let metrics = reqwest::get(&metrics_url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let acked = metric_sum(&metrics, "worker_messages_acked_total");
+    let frames = metric_sum(&metrics, "worker_ack_frames_total");
+    assert_eq!(acked, 1201.0, "each message acked once\n{metrics}");
+    assert!(
+        frames < acked * 0.8,
+        "{frames} ack frames for {acked} messages: not batched"
+    );
+    let logs = worker.wait_for_log_count("task finished", 1201, Duration::from_secs(5));
+    assert_eq!(
+        logs.matches("task finished").count(),
+        1201,
+        "no message ran twice"
+    );
+    assert!(!logs.contains("could not ack"), "{logs}");
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+}

@@ -143,11 +143,14 @@ pub async fn wait_for_consumer(
 
 /// Ceiling: consume and ack `n` pre-published messages with a bare lapin consumer at
 /// `prefetch` (global, as the worker sets it). Time runs from the first delivery to the last ack.
+/// Consume and ack `n` messages; with `ack_every` > 1, one `basic.ack(multiple=true)` per that
+/// many deliveries (and one for the rest at the end).
 pub async fn ceiling_consume(
     conn: &Connection,
     queue: &str,
     n: usize,
     prefetch: u16,
+    ack_every: usize,
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
     let channel = conn.create_channel().await?;
@@ -175,10 +178,13 @@ pub async fn ceiling_consume(
             None => bail!("ceiling consumer ended after {acked}/{n}"),
         };
         first.get_or_insert_with(Instant::now);
-        delivery
-            .ack(lapin::options::BasicAckOptions::default())
-            .await?;
         acked += 1;
+        if acked.is_multiple_of(ack_every.max(1)) || acked == n {
+            let multiple = ack_every > 1;
+            delivery
+                .ack(lapin::options::BasicAckOptions { multiple })
+                .await?;
+        }
     }
     let took = first.map(|f| f.elapsed()).unwrap_or_default();
     let _ = channel.close(200, "ceiling done".into()).await;

@@ -317,10 +317,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if part("ceiling") {
-        for p in [16u16, 64] {
+        for (p, every) in [(16u16, 1usize), (64, 1), (16, 8)] {
             if let Some(c) = attempt!(
-                format!("ceiling prefetch {p}"),
-                scenarios::ceiling_amqp(&env, args.n, p)
+                format!("ceiling prefetch {p}, ack every {every}"),
+                scenarios::ceiling_amqp(&env, args.n, p, every)
             ) {
                 report.ceilings.push(c);
             }

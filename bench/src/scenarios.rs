@@ -43,6 +43,8 @@ impl Env {
 #[derive(Debug, Clone)]
 pub struct CeilingAmqp {
     pub prefetch: u16,
+    /// Deliveries per ack frame (1: each acked alone).
+    pub ack_every: usize,
     pub n: usize,
     pub secs: f64,
 }
@@ -53,20 +55,36 @@ impl CeilingAmqp {
     }
 }
 
-pub async fn ceiling_amqp(env: &Env, n: usize, prefetch: u16) -> anyhow::Result<CeilingAmqp> {
-    let q = env.declared_queue(&format!("ceiling{prefetch}")).await?;
+pub async fn ceiling_amqp(
+    env: &Env,
+    n: usize,
+    prefetch: u16,
+    ack_every: usize,
+) -> anyhow::Result<CeilingAmqp> {
+    let q = env
+        .declared_queue(&format!("ceiling{prefetch}x{ack_every}"))
+        .await?;
     let tasks = amqp::ping_tasks(n);
     amqp::publish_confirmed(&env.amqp, &q, &tasks).await?;
-    let took = amqp::ceiling_consume(&env.amqp, &q, n, prefetch, Duration::from_secs(300)).await;
+    let took = amqp::ceiling_consume(
+        &env.amqp,
+        &q,
+        n,
+        prefetch,
+        ack_every,
+        Duration::from_secs(300),
+    )
+    .await;
     amqp::delete_queue(&env.amqp, &q).await;
     let took = took?;
     println!(
-        "ceiling: lapin consume+ack, prefetch {prefetch}: {n} in {:.2}s = {:.0} msg/s",
+        "ceiling: lapin consume+ack (every {ack_every}), prefetch {prefetch}: {n} in {:.2}s = {:.0} msg/s",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     );
     Ok(CeilingAmqp {
         prefetch,
+        ack_every,
         n,
         secs: took.as_secs_f64(),
     })

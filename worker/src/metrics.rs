@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -19,6 +19,8 @@ pub struct Metrics {
     pub tasks_failed: IntCounterVec,
     pub tasks_retried: IntCounterVec,
     pub messages_dead_lettered: IntCounterVec,
+    pub messages_acked: IntCounter,
+    pub ack_frames: IntCounterVec,
     pub task_duration: HistogramVec,
     pub tasks_in_flight: IntGauge,
     pub result_buffer_length: IntGauge,
@@ -33,6 +35,14 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
     registry
         .register(Box::new(c.clone()))
         .expect("metric registered once");
@@ -110,6 +120,17 @@ impl Metrics {
                 "worker_messages_dead_lettered_total",
                 "Messages moved to <queue>.dead, by reason.",
                 &["queue", "reason"],
+            ),
+            messages_acked: int_counter(
+                &registry,
+                "worker_messages_acked_total",
+                "Deliveries acked to RabbitMQ.",
+            ),
+            ack_frames: counter(
+                &registry,
+                "worker_ack_frames_total",
+                "basic.ack frames sent, by kind (multiple: one frame for a run of deliveries).",
+                &["kind"],
             ),
             task_duration,
             tasks_in_flight: int_gauge(&registry, "worker_tasks_in_flight", "Tasks running now."),

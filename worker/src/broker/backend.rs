@@ -1,7 +1,7 @@
 //! The apalis backend of one Celery queue.
 //!
 //! It yields the deliveries the consumer ([`super::consumer`]) receives for its queue, as
-//! `Task<Delivery>`; acking is left to the engine, which acks only after the outcome is stored.
+//! `Task<Incoming>`; acking is left to the engine, which acks only after the outcome is stored.
 //! The stream never ends and never errors while the worker runs: in apalis 1.0 a `None` hangs
 //! `Worker::run()` and an error stops the worker, so broker trouble is the consumer's to absorb
 //! by reconnecting.
@@ -14,8 +14,9 @@ use apalis_core::layers::Identity;
 use apalis_core::task::Task;
 use apalis_core::task::task_id::RandomId;
 use apalis_core::worker::context::WorkerContext;
-use lapin::message::Delivery;
 use tokio::sync::{Mutex, mpsc};
+
+use super::settle::Incoming;
 
 /// Never produced: the backend has no failure of its own.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +28,12 @@ pub struct CeleryBackend {
     queue: String,
     // Shared so that apalis's Monitor can rebuild the worker (it calls the factory again on a
     // restart) without losing the receiving end.
-    deliveries: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+    deliveries: Arc<Mutex<mpsc::Receiver<Incoming>>>,
     config: (),
 }
 
 impl CeleryBackend {
-    pub fn new(queue: String, deliveries: Arc<Mutex<mpsc::Receiver<Delivery>>>) -> Self {
+    pub fn new(queue: String, deliveries: Arc<Mutex<mpsc::Receiver<Incoming>>>) -> Self {
         Self {
             queue,
             deliveries,
@@ -46,7 +47,7 @@ impl CeleryBackend {
 }
 
 impl Backend for CeleryBackend {
-    type Task = Task<Delivery>;
+    type Task = Task<Incoming>;
     type Error = NoSource;
 
     fn poll_ready(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), NoSource>> {
@@ -57,7 +58,7 @@ impl Backend for CeleryBackend {
         &mut self,
         cx: &mut Context<'_>,
         _: &WorkerContext,
-    ) -> Poll<Option<Result<Task<Delivery>, NoSource>>> {
+    ) -> Poll<Option<Result<Task<Incoming>, NoSource>>> {
         let Ok(mut rx) = self.deliveries.try_lock() else {
             // Only one worker polls a queue; contention means a rebuild is under way.
             cx.waker().wake_by_ref();
@@ -76,7 +77,7 @@ impl Backend for CeleryBackend {
 }
 
 impl BackendConfig for CeleryBackend {
-    type Args = Delivery;
+    type Args = Incoming;
     type Id = RandomId;
     type Kind = Ephemeral;
     type Config = ();

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -22,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::settle::{Incoming, Settlements};
 use super::{BrokerError, connection, topology};
 
 /// How the consumer is asked to stop.
@@ -42,7 +42,7 @@ pub fn spawn(
     prefetch: u16,
     control: ConsumerControl,
 ) -> (
-    HashMap<String, mpsc::Receiver<Delivery>>,
+    HashMap<String, mpsc::Receiver<Incoming>>,
     tokio::task::JoinHandle<()>,
 ) {
     let mut senders = HashMap::new();
@@ -60,7 +60,7 @@ async fn supervise(
     url: String,
     queues: Vec<String>,
     prefetch: u16,
-    senders: HashMap<String, mpsc::Sender<Delivery>>,
+    senders: HashMap<String, mpsc::Sender<Incoming>>,
     control: ConsumerControl,
 ) {
     let mut failures = 0u32;
@@ -103,10 +103,13 @@ async fn consume(
     conn: &Connection,
     queues: &[String],
     prefetch: u16,
-    senders: &HashMap<String, mpsc::Sender<Delivery>>,
+    senders: &HashMap<String, mpsc::Sender<Incoming>>,
     control: &ConsumerControl,
 ) -> Result<Ended, BrokerError> {
     let channel = open_channel(conn, queues, prefetch).await?;
+    let settlements = Settlements::new(channel.clone());
+    let acks_stop = CancellationToken::new();
+    let acks = tokio::spawn(Arc::clone(&settlements).run(acks_stop.clone()));
     let lost = CancellationToken::new();
     let mut forwarders = Vec::new();
     let mut tags = Vec::new();
@@ -128,13 +131,16 @@ async fn consume(
         let lost = lost.clone();
         let stop = control.stop_consuming.clone();
         let queue = queue.clone();
+        let settlements = Arc::clone(&settlements);
         forwarders.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => {
-                            if tx.send(delivery).await.is_err() {
+                            settlements.delivered(delivery.delivery_tag);
+                            let incoming = Incoming { delivery, settlements: Arc::clone(&settlements) };
+                            if tx.send(incoming).await.is_err() {
                                 return;
                             }
                         }
@@ -158,6 +164,7 @@ async fn consume(
     tokio::select! {
         _ = lost.cancelled() => {
             forwarders.iter().for_each(|f| f.abort());
+            acks_stop.cancel();
             Ok(Ended::ConsumerLost)
         }
         _ = control.stop_consuming.cancelled() => {
@@ -168,6 +175,9 @@ async fn consume(
             }
             control.close.cancelled().await;
             for f in &forwarders { f.abort(); }
+            // The last acks, before the channel goes.
+            acks_stop.cancel();
+            let _ = acks.await;
             // Closed before the connection: closing a connection with an open channel makes
             // lapin log a spurious "invalid channel state: Closing" error on every shutdown.
             let _ = channel.close(200, "worker shutting down".into()).await;

@@ -4,6 +4,7 @@
 //! - [`topology`]: declaring queues exactly as Celery does, plus our `<queue>.dead` queues;
 //! - [`consumer`]: the consuming connection, reconnected forever, feeding one apalis backend
 //!   per queue ([`backend::CeleryBackend`]);
+//! - [`settle`]: acks and requeues of finished deliveries, acks batched per channel;
 //! - [`publisher`]: confirmed publishing (sends, ticks, dead letters);
 //! - `tick`: the scheduler's ticks, published through the same publisher;
 //! - [`dead_letter`]: where messages that cannot run go, and how they come back.
@@ -13,6 +14,7 @@ pub mod connection;
 pub mod consumer;
 pub mod dead_letter;
 pub mod publisher;
+pub mod settle;
 mod tick;
 pub mod topology;
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::{Map, Value};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -20,6 +19,7 @@ use super::retry::{self, Decision};
 use super::time_limit::{TimeLimits, run_limited};
 use crate::broker::dead_letter;
 use crate::broker::publisher::Publisher;
+use crate::broker::settle::Incoming;
 use crate::celery::amqp_value::table_to_json;
 use crate::celery::message::{RawMessage, decode};
 use crate::celery::result::Origin;
@@ -77,7 +77,11 @@ impl Executor {
 
     /// Process one delivery and settle it with the broker. Never panics; when settling fails
     /// the channel is gone and RabbitMQ requeues the message by itself.
-    pub async fn process(&self, queue: &str, delivery: Delivery) {
+    pub async fn process(&self, queue: &str, incoming: Incoming) {
+        let Incoming {
+            delivery,
+            settlements,
+        } = incoming;
         let headers = delivery
             .properties
             .headers()
@@ -112,22 +116,17 @@ impl Executor {
             }
             Err(failure) => self.refuse_undecodable(queue, &delivery, failure).await,
         };
-        let result = match settle {
-            Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        let tag = delivery.delivery_tag;
+        match settle {
+            // Sent by the channel's settlements, batched with others (see broker::settle).
+            Settle::Ack => settlements.ack(tag),
             Settle::Requeue => {
                 // Do not spin on a service that keeps failing.
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
+                if let Err(e) = settlements.requeue(tag).await {
+                    warn!(queue, error = %e, "could not requeue a delivery; it will be redelivered");
+                }
             }
-        };
-        if let Err(e) = result {
-            warn!(queue, error = %e, "could not settle a delivery; it will be redelivered");
         }
     }
 

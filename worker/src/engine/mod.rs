@@ -19,17 +19,17 @@ use std::time::Duration;
 
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
-use lapin::message::Delivery;
 use tokio::sync::{Mutex, mpsc};
 use tower::limit::ConcurrencyLimitLayer;
 
 use crate::broker::backend::CeleryBackend;
+use crate::broker::settle::Incoming;
 
 /// Run one apalis worker per queue until `signal` resolves, then let running tasks finish for
 /// up to `grace`; tasks still running after that are dropped unacked (RabbitMQ requeues them).
 pub async fn run(
     executor: Arc<Executor>,
-    receivers: HashMap<String, mpsc::Receiver<Delivery>>,
+    receivers: HashMap<String, mpsc::Receiver<Incoming>>,
     concurrency: usize,
     grace: Duration,
     signal: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,

@@ -7,10 +7,10 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use lapin::message::Delivery;
 use tower::Service;
 
 use super::Executor;
+use crate::broker::settle::Incoming;
 
 #[derive(Clone)]
 pub struct QueueService {
@@ -27,7 +27,7 @@ impl QueueService {
     }
 }
 
-impl Service<Task<Delivery>> for QueueService {
+impl Service<Task<Incoming>> for QueueService {
     type Response = ();
     type Error = BoxDynError;
     type Future = BoxFuture<'static, Result<(), BoxDynError>>;
@@ -36,7 +36,7 @@ impl Service<Task<Delivery>> for QueueService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, task: Task<Delivery>) -> Self::Future {
+    fn call(&mut self, task: Task<Incoming>) -> Self::Future {
         let executor = Arc::clone(&self.executor);
         let queue = Arc::clone(&self.queue);
         // The executor settles every delivery itself (ack, dead-letter or requeue), so nothing
