@@ -377,6 +377,26 @@ fn metric_sum(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
+async fn all_succeed(ids: &[String]) {
+    for id in ids {
+        wait_result(id, Some("SUCCESS"), Duration::from_secs(60))
+            .await
+            .expect("task done");
+    }
+}
+
+/// (ready, unacked) of `queue` once it equals `expected`, or after 2 s.
+async fn wait_unacked(queue: &str, expected: (u64, u64)) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = unacked(queue);
+        if now == expected || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn publish_pings(queue: &str, n: usize) -> Vec<String> {
     let (_conn, channel) = amqp().await;
     let mut ids = Vec::with_capacity(n);
@@ -404,35 +424,29 @@ async fn acks_are_batched_and_never_cover_a_running_task() {
         .expect("STARTED");
 
     let quick = publish_pings(&queue, 200).await;
-    for id in &quick {
-        wait_result(id, Some("SUCCESS"), Duration::from_secs(30))
-            .await
-            .expect("quick task done while the long one runs");
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while unacked(&queue) != (0, 1) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_succeed(&quick).await;
     assert_eq!(
-        unacked(&queue),
+        wait_unacked(&queue, (0, 1)).await,
         (0, 1),
         "the quick tasks are acked, the running one is not"
+    );
+    let long_state = wait_result(&long.id, None, Duration::from_millis(10)).await;
+    assert_eq!(
+        long_state.as_ref().map(|r| r["status"].clone()),
+        Some(json!("STARTED")),
+        "the quick ones were acked while the oldest delivery was still running"
     );
     wait_result(&long.id, Some("SUCCESS"), Duration::from_secs(10))
         .await
         .expect("long task done");
 
     let burst = publish_pings(&queue, 1000).await;
-    for id in &burst {
-        wait_result(id, Some("SUCCESS"), Duration::from_secs(60))
-            .await
-            .expect("burst done");
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while unacked(&queue) != (0, 0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(unacked(&queue), (0, 0), "everything acked");
+    all_succeed(&burst).await;
+    assert_eq!(
+        wait_unacked(&queue, (0, 0)).await,
+        (0, 0),
+        "everything acked"
+    );
 
     let metrics = reqwest::get(&metrics_url)
         .await

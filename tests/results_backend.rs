@@ -18,18 +18,23 @@ use worker::celery::result::Origin;
 use worker::celery::{OutgoingTask, ResultMeta, TaskError, TaskMessage};
 use worker::results::{ResultStore, StoreOutcome, connect_redis};
 
+/// Who wrote a result, for results written by the tests themselves.
+fn origin(message: &TaskMessage) -> Origin<'_> {
+    Origin {
+        message,
+        queue: "q",
+        hostname: "h",
+        extended: true,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn success_is_never_overwritten_and_every_write_is_published() {
     let (client, conn) = connect_redis(REDIS_URL, Some(3)).await.unwrap();
     let prefix = format!("{}:", unique("results"));
     let store = ResultStore::new(client.clone(), conn, &prefix, 60);
     let message = TaskMessage::minimal(&uuid::Uuid::new_v4().to_string(), Some("worker.ping"));
-    let origin = Origin {
-        message: &message,
-        queue: "q",
-        hostname: "h",
-        extended: true,
-    };
+    let origin = origin(&message);
 
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(store.key(&message.id)).await.unwrap();
@@ -88,12 +93,7 @@ async fn late_intermediate_states_never_replace_a_final_one() {
     let err = TaskError::runtime_error("boom");
     for final_state in ["FAILURE", "REVOKED"] {
         let message = TaskMessage::minimal(&uuid::Uuid::new_v4().to_string(), Some("worker.fail"));
-        let origin = Origin {
-            message: &message,
-            queue: "q",
-            hostname: "h",
-            extended: true,
-        };
+        let origin = origin(&message);
         let final_meta = match final_state {
             "FAILURE" => ResultMeta::failure(&err, origin),
             _ => ResultMeta::revoked(&TaskError::expired(), origin),

@@ -20,6 +20,9 @@ pub struct Report {
     pub findings: Option<String>,
 }
 
+/// Reads one process's CPU seconds out of a drain.
+type CpuOf = fn(&Drain) -> f64;
+
 /// Megabytes (10^6 bytes) from KiB.
 fn mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1_000_000.0
@@ -181,28 +184,21 @@ impl Report {
             "",
             0,
         );
-        let per_k = |d: &Drain, x: f64| x / d.n as f64 * 1000.0;
-        row(
-            "worker CPU s per 1,000 tasks",
-            per_k(before, before.cpu.sut),
-            per_k(after, after.cpu.sut),
-            "",
-            3,
-        );
-        row(
-            "RabbitMQ CPU s per 1,000 tasks",
-            per_k(before, before.cpu.broker),
-            per_k(after, after.cpu.broker),
-            "",
-            3,
-        );
-        row(
-            "Redis CPU s per 1,000 tasks",
-            per_k(before, before.cpu.redis),
-            per_k(after, after.cpu.redis),
-            "",
-            3,
-        );
+        let cpu_of: [(&str, CpuOf); 3] = [
+            ("worker", |d| d.cpu.sut),
+            ("RabbitMQ", |d| d.cpu.broker),
+            ("Redis", |d| d.cpu.redis),
+        ];
+        for (who, cpu) in cpu_of {
+            let per_k = |d: &Drain| cpu(d) / d.n as f64 * 1000.0;
+            row(
+                &format!("{who} CPU s per 1,000 tasks"),
+                per_k(before),
+                per_k(after),
+                "",
+                3,
+            );
+        }
         row(
             "peak RSS during the drain",
             mb(before.peak_rss_kib),
