@@ -408,21 +408,47 @@ async fn publish_pings(queue: &str, n: usize) -> Vec<String> {
     ids
 }
 
-/// Acks are batched per channel (broker::settle): a long task holding the oldest delivery does
-/// not hold back the acks of the quick tasks behind it, nothing is acked while its task runs,
-/// every message is acked exactly once (a second ack of a tag would make RabbitMQ close the
-/// channel and redeliver), and under load one frame acks many deliveries.
+/// Acks are batched per channel (broker::settle): draining a backlog, one frame acks many
+/// deliveries; a long task holding the oldest delivery does not hold back the acks of the quick
+/// tasks behind it, and is not acked while it runs; every message is acked exactly once (a second
+/// ack of a tag would make RabbitMQ close the channel and redeliver).
 #[tokio::test(flavor = "multi_thread")]
 async fn acks_are_batched_and_never_cover_a_running_task() {
     let queue = unique("acks");
+    let (_c, channel) = amqp().await;
+    worker::broker::topology::declare_with_dead_letter(&channel, &queue)
+        .await
+        .expect("declare");
+    let backlog = publish_pings(&queue, 1000).await;
     let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[("WORKER_CONCURRENCY", "8")]);
     let metrics_url = format!("http://{}/metrics", worker.http_addr());
+    let scrape = async || {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        (
+            metric_sum(&text, "worker_messages_acked_total"),
+            metric_sum(&text, "worker_ack_frames_total"),
+        )
+    };
+    all_succeed(&backlog).await;
+    assert_eq!(wait_unacked(&queue, (0, 0)).await, (0, 0), "backlog acked");
+    let (acked, frames) = scrape().await;
+    eprintln!("backlog: {frames} ack frames for {acked} messages");
+    assert_eq!(acked, 1000.0, "each message acked once");
+    assert!(
+        frames < acked * 0.8,
+        "{frames} ack frames for {acked} messages: not batched"
+    );
+
     let long = task("worker.sleep", json!([4]));
     send(&queue, &long).await;
     wait_result(&long.id, Some("STARTED"), Duration::from_secs(10))
         .await
         .expect("STARTED");
-
     let quick = publish_pings(&queue, 200).await;
     all_succeed(&quick).await;
     assert_eq!(
@@ -439,28 +465,13 @@ async fn acks_are_batched_and_never_cover_a_running_task() {
     wait_result(&long.id, Some("SUCCESS"), Duration::from_secs(10))
         .await
         .expect("long task done");
-
-    let burst = publish_pings(&queue, 1000).await;
-    all_succeed(&burst).await;
     assert_eq!(
         wait_unacked(&queue, (0, 0)).await,
         (0, 0),
         "everything acked"
     );
+    assert_eq!(scrape().await.0, 1201.0, "each message acked once");
 
-    let metrics = reqwest::get(&metrics_url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
-    let acked = metric_sum(&metrics, "worker_messages_acked_total");
-    let frames = metric_sum(&metrics, "worker_ack_frames_total");
-    assert_eq!(acked, 1201.0, "each message acked once\n{metrics}");
-    assert!(
-        frames < acked * 0.8,
-        "{frames} ack frames for {acked} messages: not batched"
-    );
     let logs = worker.wait_for_log_count("task finished", 1201, Duration::from_secs(5));
     assert_eq!(
         logs.matches("task finished").count(),
@@ -468,6 +479,5 @@ async fn acks_are_batched_and_never_cover_a_running_task() {
         "no message ran twice"
     );
     assert!(!logs.contains("could not ack"), "{logs}");
-    let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }
