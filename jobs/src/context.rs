@@ -140,6 +140,10 @@ impl Context {
             }
         };
 
+        // Telegram's limits are the bot's: every replica reserves its sends in the same Redis.
+        if let Some(telegram) = &telegram {
+            telegram.share_limits(redis.clone(), &settings.redis_key_prefix);
+        }
         Ok(Self::new(
             db,
             redis,

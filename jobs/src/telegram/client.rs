@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{RateLimiter, TelegramError};
+use super::{RateLimiter, SharedLimits, TelegramError};
 
 /// How to reach the Bot API and how patient to be with it.
 #[derive(Clone)]
@@ -82,6 +82,8 @@ struct Inner {
     send_message_url: String,
     settings: TelegramSettings,
     limiter: RateLimiter,
+    /// Set once by [`Telegram::share_limits`]; the local limiter is then only the fallback.
+    shared: std::sync::OnceLock<SharedLimits>,
 }
 
 /// The Bot API envelope: `{"ok": true, "result": ...}` or `{"ok": false, "description": ...}`.
@@ -125,8 +127,59 @@ impl Telegram {
                 send_message_url,
                 settings,
                 limiter,
+                shared: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Keep the bot's limits in Redis, shared with every replica that uses the same Redis, key
+    /// prefix and bot (see [`SharedLimits`]). Called once; later calls change nothing.
+    pub fn share_limits(&self, redis: redis::aio::ConnectionManager, key_prefix: &str) {
+        let _ = self.inner.shared.set(SharedLimits::new(
+            redis,
+            key_prefix,
+            &self.inner.settings.token,
+        ));
+    }
+
+    /// Waits for this send's slot: from Redis when the limits are shared, else (or when Redis
+    /// does not answer within a second) from this process's own limiter.
+    async fn wait_for_slot(&self, chat_id: i64) {
+        let settings = &self.inner.settings;
+        if let Some(shared) = self.inner.shared.get() {
+            let reserved = tokio::time::timeout(
+                Duration::from_secs(1),
+                shared.reserve(
+                    chat_id,
+                    settings.global_interval,
+                    settings.per_chat_interval,
+                ),
+            )
+            .await;
+            match reserved {
+                Ok(Ok(wait)) => {
+                    tokio::time::sleep(wait).await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "shared Telegram limits unavailable; limiting this process alone")
+                }
+                Err(_) => tracing::warn!(
+                    "shared Telegram limits: Redis did not answer; limiting this process alone"
+                ),
+            }
+        }
+        self.inner.limiter.acquire(chat_id).await;
+    }
+
+    /// Holds every sender back for `wait`, in every replica when the limits are shared.
+    async fn pause_all(&self, wait: Duration) {
+        self.inner.limiter.pause(wait);
+        if let Some(shared) = self.inner.shared.get()
+            && let Err(e) = shared.pause(wait).await
+        {
+            tracing::warn!(error = %e, "could not share Telegram's retry_after with other replicas");
+        }
     }
 
     /// Sends `html` (already escaped where it holds data) to `chat_id`, retrying what may pass.
@@ -140,7 +193,7 @@ impl Telegram {
         let mut backoff = settings.initial_backoff;
         let mut attempt = 1;
         loop {
-            self.inner.limiter.acquire(chat_id).await;
+            self.wait_for_slot(chat_id).await;
             let error = match self.send_once(chat_id, html).await {
                 Ok(message_id) => {
                     return Ok(SentMessage {
@@ -160,7 +213,7 @@ impl Telegram {
                         return Err(error);
                     }
                     // Flood control is per bot: hold back every sender, not just this one.
-                    self.inner.limiter.pause(wait);
+                    self.pause_all(wait).await;
                     wait
                 }
                 None => {

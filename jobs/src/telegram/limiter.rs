@@ -2,9 +2,9 @@
 //! chat. Each send reserves the earliest slot that respects both intervals and sleeps until then,
 //! so concurrent senders queue fairly without a background task.
 //!
-//! The limiter is per process: several worker replicas sharing one bot token each get the full
-//! budget. With the default 30/s that is the price of not coordinating through Redis; lower
-//! `global_interval` per replica if many replicas send bursts at once.
+//! This limiter is per process. `worker run` shares the limits through Redis instead
+//! ([`super::SharedLimits`]), so replicas keep them together; this one is the fallback while
+//! Redis does not answer, and the limiter of clients built without Redis (tests, tools).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

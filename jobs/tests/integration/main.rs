@@ -9,3 +9,4 @@ mod harness;
 mod on_demand;
 mod planner;
 mod reminders;
+mod telegram_limits;
