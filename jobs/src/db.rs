@@ -21,6 +21,21 @@ pub(crate) async fn begin(ctx: &Context) -> Result<Transaction<'static, Postgres
     ctx.db().begin().await
 }
 
+/// Waits for the transaction-scoped advisory lock named `name` (counted): runs that take the same
+/// name inside a transaction take turns until the first one commits or rolls back.
+pub(crate) async fn lock_named(
+    ctx: &Context,
+    tx: &mut Transaction<'static, Postgres>,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    ctx.count_statement();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Commits, counting the `COMMIT`.
 pub(crate) async fn commit(
     ctx: &Context,

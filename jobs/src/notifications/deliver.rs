@@ -3,7 +3,7 @@
 use sqlx::PgConnection;
 
 use crate::telegram::TelegramError;
-use crate::{Context, JobError};
+use crate::{Context, JobError, db};
 
 /// Sends `html` to `chat_id` and marks notification `notification_id` `sent` or `failed`.
 /// The outer `Result` is the bookkeeping (database); the inner one the delivery.
@@ -27,13 +27,8 @@ pub(crate) async fn deliver_telegram_once(
     chat_id: i64,
     html: &str,
 ) -> Result<Option<Result<(), TelegramError>>, JobError> {
-    ctx.count_statement();
-    let mut tx = ctx.db().begin().await?;
-    ctx.count_statement();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("notification-row:{notification_id}"))
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = db::begin(ctx).await?;
+    db::lock_named(ctx, &mut tx, &format!("notification-row:{notification_id}")).await?;
     ctx.count_statement();
     let status: Option<String> =
         sqlx::query_scalar("SELECT status FROM notifications WHERE id = $1")
@@ -45,8 +40,7 @@ pub(crate) async fn deliver_telegram_once(
     } else {
         Some(deliver_telegram_on(ctx, &mut tx, notification_id, chat_id, html).await?)
     };
-    ctx.count_statement();
-    tx.commit().await?;
+    db::commit(ctx, tx).await?;
     Ok(outcome)
 }
 

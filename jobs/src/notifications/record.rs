@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgExecutor;
 
-use crate::Context;
+use crate::{Context, db};
 
 /// A delivery channel the worker handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,20 +82,16 @@ pub(crate) async fn record_once(
         n.data.get(DELIVERY_KEY).and_then(Value::as_str),
         Some(delivery_key)
     );
-    ctx.count_statement();
-    let mut tx = ctx.db().begin().await?;
+    let mut tx = db::begin(ctx).await?;
     // Two runs of one task at once (a redelivery while the first still runs) take turns here;
     // the notifications table has no unique key to lean on.
-    ctx.count_statement();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!(
-            "notification:{delivery_key}:{}:{}:{}",
-            n.user_id,
-            n.notification_type,
-            n.channel.as_str()
-        ))
-        .execute(&mut *tx)
-        .await?;
+    let lock = format!(
+        "notification:{delivery_key}:{}:{}:{}",
+        n.user_id,
+        n.notification_type,
+        n.channel.as_str()
+    );
+    db::lock_named(ctx, &mut tx, &lock).await?;
     ctx.count_statement();
     let existing: Option<(i32, String)> = sqlx::query_as(
         "SELECT id, status FROM notifications \
@@ -118,8 +114,7 @@ pub(crate) async fn record_once(
             already_sent: false,
         },
     };
-    ctx.count_statement();
-    tx.commit().await?;
+    db::commit(ctx, tx).await?;
     Ok(recorded)
 }
 
