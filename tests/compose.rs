@@ -41,6 +41,14 @@ const LEFT_TO_THE_WORKER: &[(&str, &str)] = &[
         "SCHEDULES_FILE",
         "the image sets it; the compose file mounts over that path",
     ),
+    (
+        "WORKER_MIGRATE",
+        "compose migrates in its one-shot `migrate` service, which the worker waits for",
+    ),
+    (
+        "WORKER_READY_FILE",
+        "compose health-checks /healthz; the ready file is for supervisors and tests",
+    ),
 ];
 
 /// The services the worker's URLs must point at, with the default port of each scheme.

@@ -11,11 +11,11 @@ use futures::StreamExt;
 use harness::*;
 use redis::AsyncCommands;
 use serde_json::{Map, Value, json};
-use worker::celery::OutgoingTask;
+use worker::wire::OutgoingTask;
 
 async fn send(queue: &str, task: &OutgoingTask) {
     let (_conn, channel) = amqp().await;
-    publish_raw(&channel, queue, &task.body(), task.properties()).await;
+    publish_task(&channel, queue, task).await;
 }
 
 fn task(name: &str, args: Value) -> OutgoingTask {
@@ -75,7 +75,7 @@ async fn countdown_through_the_delayed_store_runs_on_time() {
     let r = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(10))
         .await
         .expect("SUCCESS");
-    let done = worker::celery::message::parse_time(r["date_done"].as_str().unwrap()).unwrap();
+    let done = worker::wire::parse_time(r["date_done"].as_str().unwrap()).unwrap();
     let after = (done - sent).num_milliseconds();
     assert!(
         (3000..4000).contains(&after),
@@ -127,7 +127,7 @@ async fn long_countdown_survives_restarts_and_is_not_held_unacked() {
     let r = wait_result(&soon.id, Some("SUCCESS"), Duration::from_secs(15))
         .await
         .expect("SUCCESS");
-    let done = worker::celery::message::parse_time(r["date_done"].as_str().unwrap()).unwrap();
+    let done = worker::wire::parse_time(r["date_done"].as_str().unwrap()).unwrap();
     assert!((done - sent).num_milliseconds() >= 5000, "ran early: {r}");
     assert_eq!(
         zcard(&delayed).await,
@@ -155,19 +155,11 @@ async fn expired_task_is_revoked_and_not_run() {
     );
     let mut t = task("worker.echo", json!(["never"]));
     t.expires = Some(Utc::now() - chrono::Duration::seconds(1));
-    let mut props_task = t.clone();
-    props_task.expires = None; // no AMQP TTL, so the broker delivers it and the worker decides
     let (_conn, channel) = amqp().await;
-    let headers = t.headers();
-    publish_raw(
-        &channel,
-        &queue,
-        &t.body(),
-        props_task
-            .properties()
-            .with_headers(worker::celery::amqp_value::json_to_table(&headers)),
-    )
-    .await;
+    // An expiry already passed gets no AMQP TTL, so the broker delivers it and the worker decides.
+    let message = task_message(&queue, &t);
+    assert_eq!(message.properties.expiration, None);
+    publish_raw(&channel, &queue, &message.body, message.amqp_properties()).await;
     let r = wait_result(&t.id, Some("REVOKED"), Duration::from_secs(10))
         .await
         .expect("REVOKED");
@@ -402,7 +394,7 @@ async fn publish_pings(queue: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         let t = task("worker.ping", json!([]));
-        publish_raw(&channel, queue, &t.body(), t.properties()).await;
+        publish_task(&channel, queue, &t).await;
         ids.push(t.id);
     }
     ids
@@ -416,7 +408,7 @@ async fn publish_pings(queue: &str, n: usize) -> Vec<String> {
 async fn acks_are_batched_and_never_cover_a_running_task() {
     let queue = unique("acks");
     let (_c, channel) = amqp().await;
-    worker::broker::topology::declare_with_dead_letter(&channel, &queue)
+    worker::topology::declare_with_dead_letter(&channel, &queue)
         .await
         .expect("declare");
     let backlog = publish_pings(&queue, 1000).await;

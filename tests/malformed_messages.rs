@@ -9,7 +9,7 @@ use harness::*;
 use lapin::BasicProperties;
 use lapin::types::ShortString;
 use serde_json::{Map, Value, json};
-use worker::celery::amqp_value::json_to_table;
+use worker::wire::json_to_table;
 
 fn v2_headers(task: &str, id: Option<&str>) -> Map<String, Value> {
     let mut h = json!({"lang": "py", "task": task, "retries": 0, "eta": null, "expires": null,

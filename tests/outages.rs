@@ -12,7 +12,7 @@ use harness::*;
 use lapin::options::BasicPublishOptions;
 use redis::AsyncCommands;
 use serde_json::{Map, Value};
-use worker::celery::OutgoingTask;
+use worker::wire::OutgoingTask;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -69,7 +69,7 @@ async fn publish_pings(queue: &str, n: usize) -> Vec<String> {
                 queue.into(),
                 BasicPublishOptions::default(),
                 &t.body(),
-                t.properties(),
+                task_message(queue, &t).amqp_properties(),
             )
             .await
             .expect("publish");
@@ -178,7 +178,7 @@ async fn redis_restart_in_the_middle_of_a_run_keeps_every_result() {
     let mut ids = Vec::new();
     for _ in 0..300 {
         let t = OutgoingTask::new("worker.sleep", vec![Value::from(0.05)], Map::new());
-        publish_raw(&channel, &queue, &t.body(), t.properties()).await;
+        publish_task(&channel, &queue, &t).await;
         ids.push(t.id);
     }
     let before = wait_successes(&ids, 20, Duration::from_secs(30)).await;
@@ -253,7 +253,7 @@ async fn postgres_down_means_retry_then_success() {
             "pg_ctlcluster --skip-systemctl-redirect \"$(ls /etc/postgresql | head -n1)\" main stop",
         ]);
         let (_conn, channel) = amqp().await;
-        publish_raw(&channel, &queue, &t.body(), t.properties()).await;
+        publish_task(&channel, &queue, &t).await;
         retried = wait_result(&t.id, Some("RETRY"), Duration::from_secs(20)).await;
     }
     let done = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(90)).await;

@@ -13,10 +13,8 @@ use lapin::BasicProperties;
 use lapin::types::ShortString;
 use redis::AsyncCommands;
 use serde_json::{Map, Value, json};
-use worker::celery::amqp_value::json_to_table;
-use worker::celery::result::Origin;
-use worker::celery::{OutgoingTask, ResultMeta, TaskError, TaskMessage};
-use worker::results::{ResultStore, StoreOutcome, connect_redis};
+use worker::results::{ResultStore, StoreOutcome};
+use worker::wire::{Origin, OutgoingTask, ResultMeta, TaskError, TaskMessage, json_to_table};
 
 /// Who wrote a result, for results written by the tests themselves.
 fn origin(message: &TaskMessage) -> Origin<'_> {
@@ -30,9 +28,9 @@ fn origin(message: &TaskMessage) -> Origin<'_> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn success_is_never_overwritten_and_every_write_is_published() {
-    let (client, conn) = connect_redis(REDIS_URL, Some(3)).await.unwrap();
+    let client = redis::Client::open(REDIS_URL).unwrap();
     let prefix = format!("{}:", unique("results"));
-    let store = ResultStore::new(client.clone(), conn, &prefix, 60);
+    let store = ResultStore::connect(REDIS_URL, &prefix, 60).await.unwrap();
     let message = TaskMessage::minimal(&uuid::Uuid::new_v4().to_string(), Some("worker.ping"));
     let origin = origin(&message);
 
@@ -87,9 +85,8 @@ async fn success_is_never_overwritten_and_every_write_is_published() {
 /// reach Redis after the task's final state, and must then change nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn late_intermediate_states_never_replace_a_final_one() {
-    let (client, conn) = connect_redis(REDIS_URL, Some(3)).await.unwrap();
     let prefix = format!("{}:", unique("results"));
-    let store = ResultStore::new(client, conn, &prefix, 60);
+    let store = ResultStore::connect(REDIS_URL, &prefix, 60).await.unwrap();
     let err = TaskError::runtime_error("boom");
     for final_state in ["FAILURE", "REVOKED"] {
         let message = TaskMessage::minimal(&uuid::Uuid::new_v4().to_string(), Some("worker.fail"));
@@ -162,9 +159,10 @@ async fn started_is_written_for_tasks_that_outlast_the_delay() {
     let (_conn, channel) = amqp().await;
     // Load the store script first: after a Redis restart (the outage tests) its cache is empty,
     // and a STARTED retried after NOSCRIPT could land behind the SUCCESS (and be refused).
-    let (c, conn) = connect_redis(REDIS_URL, Some(3)).await.unwrap();
     let warm = TaskMessage::minimal(&uuid::Uuid::new_v4().to_string(), Some("worker.ping"));
-    ResultStore::new(c, conn, &format!("{}:", unique("warm")), 5)
+    ResultStore::connect(REDIS_URL, &format!("{}:", unique("warm")), 5)
+        .await
+        .unwrap()
         .store(&ResultMeta::started(origin(&warm)))
         .await
         .unwrap();
@@ -181,7 +179,7 @@ async fn started_is_written_for_tasks_that_outlast_the_delay() {
         let worker = WorkerProcess::start(std::slice::from_ref(&queue), &env);
         let t = OutgoingTask::new("worker.sleep", vec![Value::from(seconds)], Map::new());
         let statuses = published_statuses(&client, &t.id, async || {
-            publish_raw(&channel, &queue, &t.body(), t.properties()).await;
+            publish_task(&channel, &queue, &t).await;
         })
         .await;
         assert_eq!(

@@ -6,7 +6,7 @@
 //! behind by a replica that died mid-publish is taken over once its lease runs out; a failing
 //! broker delays a tick but does not lose or double it.
 
-mod scheduler_support;
+mod harness;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
-use scheduler_support::*;
+use harness::scheduler::*;
+use harness::{redis, unique};
 use tokio_util::sync::CancellationToken;
 use worker::scheduler::{SchedulerSettings, TickPublisher, run};
 
@@ -97,8 +98,12 @@ async fn stopped_across_a_tick(catch_up: &str) -> (Vec<DateTime<Utc>>, DateTime<
         "stopped before the third tick"
     );
 
-    let ticks = drain(&queue).await.into_iter().map(|m| m.tick).collect();
-    delete_queue(&queue).await;
+    let ticks = drain_ticks(&queue)
+        .await
+        .into_iter()
+        .map(|m| m.tick)
+        .collect();
+    remove_queue(&queue).await;
     clean_redis(&prefix).await;
     (ticks, first)
 }
@@ -143,9 +148,9 @@ async fn first_start_without_history_fires_no_old_tick() {
     let scheduler = Running::start(settings, Arc::new(AmqpPublisher::connect().await)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     scheduler.stop().await;
-    assert!(drain(&queue).await.is_empty(), "no retroactive tick");
+    assert!(drain_ticks(&queue).await.is_empty(), "no retroactive tick");
     assert_eq!(last_tick(&prefix, "job").await, None);
-    delete_queue(&queue).await;
+    remove_queue(&queue).await;
     clean_redis(&prefix).await;
 }
 
@@ -184,10 +189,10 @@ async fn a_claim_left_by_a_dead_replica_is_taken_over_after_its_lease() {
     for replica in replicas {
         replica.stop().await;
     }
-    let messages = drain(&queue).await;
+    let messages = drain_ticks(&queue).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0].tick, due);
-    delete_queue(&queue).await;
+    remove_queue(&queue).await;
     clean_redis(&prefix).await;
 }
 
@@ -214,9 +219,9 @@ async fn a_failed_publish_releases_the_claim_and_the_tick_is_retried_once() {
     for replica in replicas {
         replica.stop().await;
     }
-    let messages = drain(&queue).await;
+    let messages = drain_ticks(&queue).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0].tick, due);
-    delete_queue(&queue).await;
+    remove_queue(&queue).await;
     clean_redis(&prefix).await;
 }

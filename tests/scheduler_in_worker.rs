@@ -126,3 +126,63 @@ fn check_schedules_accepts_the_shipped_file_and_refuses_a_broken_one() {
     assert!(stderr(&out).contains("cronn"), "{}", stderr(&out));
     let _ = std::fs::remove_file(&broken);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_alone_serves_health_readiness_and_tick_metrics() {
+    let queue = unique("sched-alone");
+    let prefix = format!("{queue}:");
+    let file = std::env::temp_dir().join(format!("{queue}.toml"));
+    std::fs::write(&file, format!("[[schedule]]\nname = \"alone-every-second\"\ntask = \"worker.ping\"\nevery = \"1s\"\nqueue = \"{queue}\"\n")).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let scheduler = WorkerProcess::spawn(
+        &["scheduler"],
+        &[
+            ("SCHEDULES_FILE", path.as_str()),
+            ("WORKER_KEY_PREFIX", prefix.as_str()),
+        ],
+    );
+    assert_eq!(scheduler.ready["scheduler"], true, "{}", scheduler.ready);
+    assert_eq!(scheduler.ready["queues"], serde_json::json!([]));
+    let base = format!("http://{}", scheduler.http_addr());
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    let status = ready.status();
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["broker"]["ok"], true, "{body}");
+    assert_eq!(body["checks"]["redis"]["ok"], true, "{body}");
+
+    let (_c, channel) = amqp().await;
+    // Declared first: a passive declare of a missing queue would close the channel.
+    worker::topology::declare_celery_queue(&channel, &queue)
+        .await
+        .unwrap();
+    let ticked = wait_until(Duration::from_secs(10), || async {
+        message_count(&channel, &queue).await >= 1
+    })
+    .await;
+    assert!(ticked, "no tick published:\n{}", scheduler.logs());
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "worker_schedule_last_tick_timestamp_seconds{schedule=\"alone-every-second\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "worker_schedule_next_tick_timestamp_seconds{schedule=\"alone-every-second\"}"
+        ),
+        "{metrics}"
+    );
+
+    drop(scheduler);
+    let _ = std::fs::remove_file(&file);
+    delete_queue(&channel, &queue).await;
+}

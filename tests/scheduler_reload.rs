@@ -3,7 +3,7 @@
 //! (logged with the file, line and problem) while the previous schedules keep running, and
 //! SIGHUP reloads at once when file polling is off.
 
-mod scheduler_support;
+mod harness;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use chrono_tz::Tz;
-use scheduler_support::*;
+use harness::scheduler::*;
+use harness::{redis, unique};
 use tokio_util::sync::CancellationToken;
 use worker::scheduler::{SchedulerSettings, run};
 
@@ -107,7 +108,7 @@ async fn edits_apply_live_and_invalid_edits_are_refused() {
 
     scheduler.stop.cancel();
     scheduler.handle.await.expect("scheduler stops cleanly");
-    let seen = drain(&queue).await;
+    let seen = drain_ticks(&queue).await;
 
     let before = ticks_of(&seen, "alpha", DateTime::UNIX_EPOCH, edited_at);
     assert!(
@@ -161,7 +162,7 @@ async fn edits_apply_live_and_invalid_edits_are_refused() {
     );
     assert!(logs.contains("schedules file rejected, the previous schedules keep running"));
 
-    delete_queue(&queue).await;
+    remove_queue(&queue).await;
     clean_redis(&prefix).await;
 }
 
@@ -201,11 +202,11 @@ async fn sighup_reloads_without_file_polling() {
     scheduler.stop.cancel();
     scheduler.handle.await.expect("scheduler stops cleanly");
     assert!(two.is_some(), "SIGHUP applied the edit");
-    let seen = drain(&queue).await;
+    let seen = drain_ticks(&queue).await;
     assert!(
         ticks_of(&seen, "one", hup_at, Utc::now()).is_empty(),
         "the removed schedule stopped"
     );
-    delete_queue(&queue).await;
+    remove_queue(&queue).await;
     clean_redis(&prefix).await;
 }

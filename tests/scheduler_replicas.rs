@@ -2,7 +2,7 @@
 //! 100 messages, one per tick, none missing, none doubled — including while one replica is
 //! stopped and restarted in the middle.
 
-mod scheduler_support;
+mod harness;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
-use scheduler_support::*;
+use harness::scheduler::*;
+use harness::{redis, unique};
 use tokio_util::sync::CancellationToken;
 use worker::scheduler::{SchedulerSettings, run};
 
@@ -87,7 +88,7 @@ kwargs = {{ source = "replicas" }}
         handle.await.expect("replica stops cleanly");
     }
 
-    let messages = drain(&queue).await;
+    let messages = drain_ticks(&queue).await;
     let mut per_tick: BTreeMap<DateTime<Utc>, usize> = BTreeMap::new();
     for message in &messages {
         *per_tick.entry(message.tick).or_default() += 1;
@@ -125,6 +126,6 @@ kwargs = {{ source = "replicas" }}
         .expect("last tick message");
     assert_eq!(state.get("task_id"), Some(&last_message.task_id));
 
-    delete_queue(&queue).await;
+    remove_queue(&queue).await;
     clean_redis(&prefix).await;
 }

@@ -1,14 +1,15 @@
 //! `status`: what `worker schedules` lists — next fire times in local time and UTC, and the last
 //! run with its result state read from Celery's result key in real Redis.
 
-mod scheduler_support;
+mod harness;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use scheduler_support::*;
+use harness::scheduler::*;
+use harness::{redis, unique};
 use worker::scheduler::{parse_schedules, status};
 
 fn utc(text: &str) -> DateTime<Utc> {

@@ -39,3 +39,166 @@ fn unreachable_broker_is_retried_with_a_redacted_url() {
     assert!(!text.contains("s3cr3t-pw"), "password leaked: {text}");
     assert!(!text.contains("panicked"), "{text}");
 }
+
+/// The arguments of the README's first command (`cargo run ... -p worker -- ARGS  # comment`).
+fn readme_first_command() -> Vec<String> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .expect("README has a sh code block");
+    let first = block.lines().next().expect("a first command");
+    let command = first.split('#').next().unwrap().trim();
+    assert!(
+        command.starts_with("cargo run") && command.contains("-p worker"),
+        "the README's first command runs the worker: {first:?}"
+    );
+    let (_, args) = command.split_once(" -- ").expect("arguments after --");
+    args.split_whitespace().map(str::to_owned).collect()
+}
+
+/// A database that does not exist yet; dropped at the end of the test.
+struct MissingDatabase {
+    name: String,
+}
+
+impl MissingDatabase {
+    fn new() -> Self {
+        Self {
+            name: format!("worker_fresh_{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    async fn exists(&self) -> bool {
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(&self.name)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        n == 1
+    }
+
+    async fn drop_now(&self) {
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_first_command_creates_the_database_and_runs_a_staffprobot_job() {
+    let db = MissingDatabase::new();
+    assert!(!db.exists().await);
+    let queue = unique("readme");
+    let args = readme_first_command();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let url = db.url();
+    // The README's command as it is, on this test's own queue and database.
+    let worker = WorkerProcess::spawn(
+        &args,
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("WORKER_QUEUES", queue.as_str()),
+        ],
+    );
+    assert!(
+        db.exists().await,
+        "the database was created before consuming"
+    );
+
+    let out = cli(&[
+        "send",
+        "core.celery.tasks.shift_tasks.auto_close_shifts",
+        "--queue",
+        &queue,
+        "--wait",
+        "--timeout",
+        "30",
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}\nworker log:\n{}",
+            stdout(&out),
+            stderr(&out),
+            worker.logs()
+        )
+    });
+    assert_eq!(doc["status"], "SUCCESS", "{doc}\n{}", worker.logs());
+    assert_eq!(doc["result"]["success"], true, "{doc}");
+    assert_eq!(doc["result"]["closed_count"], 0, "{doc}");
+    drop(worker);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_database_is_named_at_startup_and_the_worker_still_runs() {
+    let db = MissingDatabase::new();
+    let queue = unique("nodb");
+    let url = db.url();
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("DATABASE_URL", url.as_str())],
+    );
+    let logs = worker.wait_for_log_count("does not exist", 1, Duration::from_secs(5));
+    let line = logs.lines().find(|l| l.contains("does not exist")).unwrap();
+    assert!(line.contains(&db.name), "{line}");
+    assert!(line.contains("worker migrate"), "says what to do: {line}");
+    assert!(line.contains("--migrate"), "says what to do: {line}");
+    assert_eq!(
+        logs.matches("does not exist").count(),
+        1,
+        "one line:\n{logs}"
+    );
+    assert!(!db.exists().await, "without --migrate nothing is created");
+
+    // Tasks that need no database run; /readyz names PostgreSQL.
+    let out = cli(&[
+        "send",
+        "worker.ping",
+        "--queue",
+        &queue,
+        "--wait",
+        "--timeout",
+        "20",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), worker.logs());
+    let readyz = reqwest::get(format!("http://{}/readyz", worker.http_addr()))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    let body: serde_json::Value = readyz.json().await.unwrap();
+    assert_eq!(body["checks"]["postgres"]["ok"], false, "{body}");
+    assert_eq!(body["checks"]["broker"]["ok"], true, "{body}");
+}
+
+#[test]
+fn worker_migrate_creates_a_missing_database() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = MissingDatabase::new();
+    let url = db.url();
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(rt.block_on(db.exists()));
+    // Twice is fine: nothing to create, nothing to apply.
+    let again = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    rt.block_on(db.drop_now());
+}

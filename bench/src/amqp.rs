@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Map;
-use worker::celery::OutgoingTask;
+use worker::wire::{OutgoingMessage, OutgoingTask};
 
 pub async fn connect(url: &str) -> anyhow::Result<Connection> {
     Connection::connect(
@@ -24,14 +24,14 @@ pub async fn connect(url: &str) -> anyhow::Result<Connection> {
     .with_context(|| {
         format!(
             "connecting to RabbitMQ at {}",
-            worker::config::redact_url(url)
+            worker::settings::redact_url(url)
         )
     })
 }
 
 /// Declare `queue` exactly as Celery (and the worker) do, so either side may declare it again.
 pub async fn declare_celery_queue(channel: &Channel, queue: &str) -> anyhow::Result<()> {
-    worker::broker::topology::declare_celery_queue(channel, queue)
+    worker::topology::declare_celery_queue(channel, queue)
         .await
         .with_context(|| format!("declaring queue {queue}"))
 }
@@ -84,7 +84,7 @@ pub async fn publish_confirmed(
                         queue.into(),
                         BasicPublishOptions::default(),
                         &task.body(),
-                        task.properties(),
+                        bench_message(queue, task).amqp_properties(),
                     )
                     .await
                     .context("basic.publish")?,
@@ -202,7 +202,7 @@ pub async fn publish_one(
     queue: &str,
     task: &OutgoingTask,
 ) -> anyhow::Result<()> {
-    let props: BasicProperties = task.properties();
+    let props: BasicProperties = bench_message(queue, task).amqp_properties();
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -216,4 +216,9 @@ pub async fn publish_one(
     // The channel is not in confirm mode, so there is nothing to wait for.
     drop(confirm);
     Ok(())
+}
+
+/// The message a Python producer would publish for `task`.
+fn bench_message(queue: &str, task: &OutgoingTask) -> OutgoingMessage {
+    OutgoingMessage::task(queue, task, "gen0@bench", chrono::Utc::now())
 }

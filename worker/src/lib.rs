@@ -1,20 +1,32 @@
 //! The StaffProBot worker: a Celery-compatible worker and scheduler in one binary.
 //!
-//! Python keeps publishing Celery tasks to RabbitMQ; this crate consumes them ([`broker`]),
-//! runs them on apalis workers ([`engine`]) through the task [`registry`], and stores
-//! Celery-format results in Redis ([`results`]). [`celery`] holds the wire format, [`cli`] the
-//! commands, [`scheduler`] the beat replacement.
+//! The folders are the layers, inner to outer:
+//!
+//! - [`wire`] — the Celery wire format, pure: decoding task messages, building the messages we
+//!   publish, result documents, exceptions. No I/O, property-tested and fuzzed.
+//! - `app` — the application: the `engine` (apalis workers that settle each delivery), the
+//!   `registry` (the one place Celery task names meet the jobs of the `jobs` crate) and the
+//!   [`scheduler`] (beat's replacement). It speaks to the outside only through the adapters.
+//! - `adapters` — the outside world: the RabbitMQ `broker`, the Redis [`results`] backend, the
+//!   `delay` store, the `http` server, the Redis connection.
+//! - [`startup`] — the composition root: [`startup::Worker::build`] connects and wires every part,
+//!   [`startup::Worker::run_until_stopped`] runs it through the phases of a [`shutdown::Shutdown`].
+//! - [`cli`] — the commands; `worker run` is a few lines over [`startup`].
+//!
+//! What is public is what the binary and the end-to-end tests need; everything else is
+//! `pub(crate)`, so the compiler reports what nothing uses.
 
-pub mod broker;
-pub mod celery;
+mod adapters;
+mod app;
+mod backoff;
 pub mod cli;
-pub mod config;
-pub mod delay;
-pub mod engine;
-pub mod http;
-pub mod metrics;
-pub mod registry;
-pub mod results;
-pub mod scheduler;
+mod metrics;
+pub mod settings;
 pub mod shutdown;
-pub mod telemetry;
+pub mod startup;
+mod telemetry;
+pub mod wire;
+
+pub use adapters::broker::topology;
+pub use adapters::results;
+pub use app::scheduler;

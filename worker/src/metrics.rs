@@ -12,7 +12,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub registry: Registry,
     pub tasks_started: IntCounterVec,
     pub tasks_succeeded: IntCounterVec,
@@ -182,7 +182,7 @@ impl Metrics {
     }
 
     /// The registry in Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
@@ -190,4 +190,4 @@ impl Metrics {
 }
 
 /// The process-wide metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

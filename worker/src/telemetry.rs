@@ -19,7 +19,7 @@ const LINES_QUEUED: usize = 4096;
 /// The log writer's guard: dropping it writes out the queued lines and stops the thread.
 static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
-pub fn init() {
+pub(crate) fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match std::env::var("LOG_FORMAT").ok().as_deref() {
         Some("json") => true,
@@ -52,7 +52,7 @@ pub fn init() {
 }
 
 /// Write out every queued line; call before the process exits. Lines logged afterwards are lost.
-pub fn flush() {
+pub(crate) fn flush() {
     let guard = WRITER.lock().unwrap_or_else(|p| p.into_inner()).take();
     drop(guard);
 }

@@ -5,10 +5,10 @@ use serde_json::{Value, json};
 
 use super::Outcome;
 use super::run::RunArgs;
-use crate::config::{ConnectionSettings, redact_url};
+use crate::settings::{ConnectionSettings, redact_url};
 
 /// The configuration as JSON, redacted.
-pub fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
+pub(crate) fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
     let s = &run.settings;
     json!({
         "RABBITMQ_URL": redact_url(&conn.rabbitmq_url),
@@ -34,13 +34,15 @@ pub fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "WORKER_SOFT_TIME_LIMIT": s.soft_time_limit,
         "WORKER_TIME_LIMIT": s.time_limit,
         "WORKER_RESULT_BUFFER": s.result_buffer,
-        "WORKER_KEY_PREFIX": s.key_prefix,
-        "WORKER_SHUTDOWN_GRACE": run.shutdown_grace,
-        "WORKER_HTTP_ADDR": if run.no_http { "off".to_owned() } else { run.http_addr.to_string() },
+        "WORKER_KEY_PREFIX": conn.key_prefix,
+        "WORKER_SHUTDOWN_GRACE": run.service.shutdown_grace,
+        "WORKER_HTTP_ADDR": if run.service.no_http { "off".to_owned() } else { run.service.http_addr.to_string() },
+        "WORKER_READY_FILE": run.service.ready_file.as_ref().map(|p| p.display().to_string()),
+        "WORKER_MIGRATE": run.migrate,
     })
 }
 
-pub fn print(conn: &ConnectionSettings, run: &RunArgs, as_json: bool) -> Outcome {
+pub(crate) fn print(conn: &ConnectionSettings, run: &RunArgs, as_json: bool) -> Outcome {
     let doc = effective(conn, run);
     if as_json {
         println!("{doc:#}");

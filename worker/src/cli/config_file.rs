@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 /// The file named by `--config FILE` (or `--config=FILE`) or `WORKER_CONFIG_FILE`, if any.
-pub fn requested(args: &[String]) -> Option<PathBuf> {
+pub(crate) fn requested(args: &[String]) -> Option<PathBuf> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--config" {
@@ -22,7 +22,7 @@ pub fn requested(args: &[String]) -> Option<PathBuf> {
 }
 
 /// The variables the file sets that the environment does not.
-pub fn read(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) fn read(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
     let table: toml::Table =

@@ -3,12 +3,12 @@
 use clap::{Args, Subcommand};
 
 use super::Outcome;
-use crate::broker::dead_letter::{self, DeadLetter};
-use crate::broker::publisher::Publisher;
-use crate::config::ConnectionSettings;
+use crate::adapters::broker::dead_letter::{self, DeadLetter};
+use crate::adapters::broker::publisher::Publisher;
+use crate::settings::ConnectionSettings;
 
 #[derive(Debug, Subcommand)]
-pub enum DeadLettersCommand {
+pub(crate) enum DeadLettersCommand {
     /// Show dead letters without removing them.
     List(Selection),
     /// Publish dead letters back to their queue (and remove them from the dead-letter queue).
@@ -16,7 +16,7 @@ pub enum DeadLettersCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// Queues to look at (repeatable; default: the worker's queues).
     #[arg(
         long = "queue",
@@ -33,7 +33,7 @@ pub struct Selection {
     pub json: bool,
 }
 
-pub async fn dead_letters(
+pub(crate) async fn dead_letters(
     conn: &ConnectionSettings,
     cmd: DeadLettersCommand,
 ) -> anyhow::Result<Outcome> {
@@ -48,7 +48,7 @@ pub async fn dead_letters(
             }
         }
         DeadLettersCommand::Replay(sel) => {
-            let publisher = Publisher::new(&conn.rabbitmq_url);
+            let publisher = Publisher::new(&conn.rabbitmq_url, &super::send::cli_origin());
             for queue in &sel.queues {
                 let letters =
                     dead_letter::replay(&conn.rabbitmq_url, &publisher, queue, sel.limit).await?;

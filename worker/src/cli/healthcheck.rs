@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Outcome;
 
-pub async fn check(addr: SocketAddr) -> anyhow::Result<Outcome> {
+pub(crate) async fn check(addr: SocketAddr) -> anyhow::Result<Outcome> {
     // The server binds 0.0.0.0; probe it on loopback.
     let target = if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))

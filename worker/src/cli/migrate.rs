@@ -1,23 +1,14 @@
-//! `worker migrate`: apply the jobs' migrations to DATABASE_URL. `worker run` never migrates by
-//! itself: schema changes are a deliberate step (compose runs this as a one-shot service).
-
-use std::time::Duration;
-
-use anyhow::Context;
-use sqlx::postgres::PgPoolOptions;
+//! `worker migrate`: create the database DATABASE_URL names if it does not exist, and apply the
+//! jobs' migrations. `worker run` migrates only when asked (`--migrate`): in production, schema
+//! changes are a deliberate step (compose runs this as a one-shot service).
 
 use super::Outcome;
-use crate::config::{ConnectionSettings, redact_url};
+use crate::adapters::postgres;
+use crate::settings::{ConnectionSettings, redact_url};
 
-pub async fn migrate(conn: &ConnectionSettings) -> anyhow::Result<Outcome> {
+pub(crate) async fn migrate(conn: &ConnectionSettings) -> anyhow::Result<Outcome> {
     let url = conn.database_url_for_sqlx();
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(&url)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(&url)))?;
-    jobs::migrate(&pool).await.context("applying migrations")?;
+    postgres::create_and_migrate(&url).await?;
     println!("migrations applied to {}", redact_url(&url));
     Ok(Outcome::Success)
 }

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::ConnectionSettings;
+use crate::settings::ConnectionSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,17 +30,17 @@ use crate::config::ConnectionSettings;
 pub struct Cli {
     /// A TOML file of settings by their environment names; the environment and flags win.
     #[arg(long, env = "WORKER_CONFIG_FILE", global = true)]
-    pub config: Option<std::path::PathBuf>,
+    pub(crate) config: Option<std::path::PathBuf>,
 
     #[command(flatten)]
-    pub connections: ConnectionSettings,
+    pub(crate) connections: ConnectionSettings,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Consume the queues and run tasks until SIGTERM/SIGINT.
     Run(run::RunArgs),
     /// Publish a task exactly as a Python producer would; print its id (or, with --wait, its result).
@@ -77,7 +77,7 @@ pub enum Command {
 
 /// Outcome of a command, mapped to the documented exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Success,
     Failed,
     Unknown,
@@ -135,7 +135,7 @@ pub fn main() -> ExitCode {
             Command::CheckSchedules(args) => schedules::check(&cli.connections, args),
             Command::Migrate => migrate::migrate(&cli.connections).await,
             Command::Tasks => {
-                for job in crate::registry::catalogue().iter() {
+                for job in crate::app::registry::catalogue().iter() {
                     println!(
                         "{:<64} {:<14} {}",
                         job.name(),

@@ -3,10 +3,10 @@
 use serde_json::{Value, json};
 
 use super::Outcome;
-use crate::celery::{ResultMeta, State};
+use crate::wire::{ResultMeta, State};
 
 /// Exit code of a task state.
-pub fn outcome_of(state: State) -> Outcome {
+pub(crate) fn outcome_of(state: State) -> Outcome {
     match state {
         State::Success => Outcome::Success,
         State::Failure | State::Revoked => Outcome::Failed,
@@ -15,7 +15,7 @@ pub fn outcome_of(state: State) -> Outcome {
 }
 
 /// Print `meta` (None = PENDING) and return the matching outcome.
-pub fn print_result(
+pub(crate) fn print_result(
     task_id: &str,
     meta: Option<&ResultMeta>,
     raw: Option<&Value>,

@@ -7,11 +7,12 @@ use clap::Args;
 
 use super::Outcome;
 use super::output::print_result;
-use crate::config::ConnectionSettings;
-use crate::results::{ResultStore, connect_redis};
+use crate::adapters::redis_conn;
+use crate::adapters::results::ResultStore;
+use crate::settings::ConnectionSettings;
 
 #[derive(Debug, Args)]
-pub struct ResultArgs {
+pub(crate) struct ResultArgs {
     /// The task id.
     pub id: String,
     /// Wait until the task succeeds, fails or is revoked.
@@ -25,10 +26,8 @@ pub struct ResultArgs {
     pub json: bool,
 }
 
-pub async fn open_results(conn: &ConnectionSettings) -> anyhow::Result<ResultStore> {
-    let (client, redis) = connect_redis(&conn.redis_url_with_db(), Some(3))
-        .await
-        .context("connecting to Redis")?;
+pub(crate) async fn open_results(conn: &ConnectionSettings) -> anyhow::Result<ResultStore> {
+    let (client, redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
     Ok(ResultStore::new(
         client,
         redis,
@@ -37,13 +36,13 @@ pub async fn open_results(conn: &ConnectionSettings) -> anyhow::Result<ResultSto
     ))
 }
 
-pub async fn result(conn: &ConnectionSettings, args: ResultArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn result(conn: &ConnectionSettings, args: ResultArgs) -> anyhow::Result<Outcome> {
     let store = open_results(conn).await?;
     show(&store, &args.id, args.wait, args.timeout, args.json).await
 }
 
 /// Print a result (waiting if asked) and return its outcome; shared with `send --wait`.
-pub async fn show(
+pub(crate) async fn show(
     store: &ResultStore,
     id: &str,
     wait: bool,

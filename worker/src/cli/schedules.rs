@@ -1,52 +1,42 @@
 //! The scheduler's commands: `worker check-schedules [FILE]`, `worker schedules [--json]`, and
-//! `worker scheduler` (the scheduler alone, without consuming). `worker run` starts the same
-//! scheduler through [`start`].
+//! `worker scheduler` (the scheduler alone, without consuming, built by the same composition
+//! root as `worker run`).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use chrono::Utc;
 use clap::Args;
-use futures::FutureExt;
-use redis::aio::ConnectionManager;
-use serde_json::Value;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::Outcome;
-use crate::broker::publisher::Publisher;
-use crate::config::{ConnectionSettings, ScheduleSettings};
-use crate::http::SchedulesSource;
-use crate::metrics::METRICS;
-use crate::registry::catalogue;
-use crate::results::connect_redis;
-use crate::scheduler::{self, Schedule, SchedulerSettings, TickPublisher};
+use crate::adapters::redis_conn;
+use crate::app::registry::catalogue;
+use crate::app::scheduler::{self, Schedule};
+use crate::settings::{ConnectionSettings, ScheduleSettings, ServiceSettings};
+use crate::shutdown::Shutdown;
+use crate::startup::{Settings, Worker};
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// The file to check (default: SCHEDULES_FILE, else schedules.toml).
     pub file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     #[command(flatten)]
     pub schedules: ScheduleSettings,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Prefix of the worker's Redis keys (must match the workers').
-    #[arg(long, env = "WORKER_KEY_PREFIX", default_value = "worker:")]
-    pub key_prefix: String,
 }
 
 #[derive(Debug, Args)]
-pub struct SchedulerArgs {
+pub(crate) struct SchedulerArgs {
     #[command(flatten)]
     pub schedules: ScheduleSettings,
-    /// Prefix of the worker's Redis keys (claims and state).
-    #[arg(long, env = "WORKER_KEY_PREFIX", default_value = "worker:")]
-    pub key_prefix: String,
+    #[command(flatten)]
+    pub service: ServiceSettings,
 }
 
 fn load(path: &Path, conn: &ConnectionSettings) -> anyhow::Result<Vec<Schedule>> {
@@ -58,7 +48,7 @@ fn load(path: &Path, conn: &ConnectionSettings) -> anyhow::Result<Vec<Schedule>>
     Ok(schedules)
 }
 
-pub fn check(conn: &ConnectionSettings, args: CheckArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn check(conn: &ConnectionSettings, args: CheckArgs) -> anyhow::Result<Outcome> {
     let path = args
         .file
         .or_else(|| std::env::var_os("SCHEDULES_FILE").map(Into::into))
@@ -81,10 +71,10 @@ pub fn check(conn: &ConnectionSettings, args: CheckArgs) -> anyhow::Result<Outco
     }
 }
 
-pub async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::Result<Outcome> {
     let schedules = load(&args.schedules.schedules_file, conn)?;
-    let (_, mut redis) = connect_redis(&conn.redis_url_with_db(), Some(3)).await?;
-    let status = scheduler::status(&schedules, &mut redis, &args.key_prefix, Utc::now()).await?;
+    let (_, mut redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
+    let status = scheduler::status(&schedules, &mut redis, &conn.key_prefix, Utc::now()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -95,96 +85,20 @@ pub async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::Result<O
     Ok(Outcome::Success)
 }
 
-/// Validate the file and start the scheduler in the background; the returned source serves
-/// `/schedules` and keeps the schedule gauges of `/metrics` current.
-pub fn start(
+/// `worker scheduler`: only the scheduler (and its HTTP server), until SIGTERM/SIGINT.
+pub(crate) async fn run_alone(
     conn: &ConnectionSettings,
-    path: &Path,
-    key_prefix: &str,
-    known_tasks: std::collections::HashMap<String, String>,
-    redis: ConnectionManager,
-    publisher: Arc<Publisher>,
-    stop: CancellationToken,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, SchedulesSource)> {
-    // The file error already names the file, the line and the problem (and its cause).
-    let (schedules, warnings) = scheduler::check_file(path, conn.default_timezone, &known_tasks)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\n(fix the file, point SCHEDULES_FILE elsewhere, or pass --no-scheduler)"
-            )
-        })?;
-    for w in warnings {
-        warn!("{w}");
-    }
-    info!(file = %path.display(), schedules = schedules.len(), "scheduler starting");
-    let mut settings = SchedulerSettings::new(path, conn.default_timezone, known_tasks.clone());
-    settings.key_prefix = key_prefix.to_owned();
-    let handle = tokio::spawn({
-        let redis = redis.clone();
-        let publisher: Arc<dyn TickPublisher> = publisher;
-        async move {
-            if let Err(e) = scheduler::run(settings, redis, publisher, stop).await {
-                tracing::error!(error = %e, "the scheduler stopped");
-            }
-        }
-    });
-    let path = path.to_owned();
-    let tz = conn.default_timezone;
-    let prefix = key_prefix.to_owned();
-    let source: SchedulesSource = Arc::new(move || {
-        let (path, prefix, known, mut redis) = (
-            path.clone(),
-            prefix.clone(),
-            known_tasks.clone(),
-            redis.clone(),
-        );
-        async move {
-            let schedules = match scheduler::check_file(&path, tz, &known) {
-                Ok((s, _)) => s,
-                Err(e) => return serde_json::json!({"error": e.to_string()}),
-            };
-            match scheduler::status(&schedules, &mut redis, &prefix, Utc::now()).await {
-                Ok(status) => {
-                    for s in &status {
-                        if let Some(next) = s.next.first() {
-                            METRICS
-                                .schedule_next_tick
-                                .with_label_values(&[s.name.as_str()])
-                                .set(next.utc.timestamp() as f64);
-                        }
-                        if let Some(last) = &s.last_run {
-                            METRICS
-                                .schedule_last_tick
-                                .with_label_values(&[s.name.as_str()])
-                                .set(last.tick.utc.timestamp() as f64);
-                        }
-                    }
-                    serde_json::to_value(status).unwrap_or(Value::Null)
-                }
-                Err(e) => serde_json::json!({"error": format!("Redis: {e}")}),
-            }
-        }
-        .boxed()
-    });
-    Ok((handle, source))
-}
-
-/// `worker scheduler`: only the scheduler, until SIGTERM/SIGINT.
-pub async fn run_alone(conn: &ConnectionSettings, args: SchedulerArgs) -> anyhow::Result<Outcome> {
-    let (_, redis) = connect_redis(&conn.redis_url_with_db(), None).await?;
-    let publisher = Arc::new(Publisher::new(&conn.rabbitmq_url));
-    let stop = CancellationToken::new();
-    let (handle, _) = start(
-        conn,
-        &args.schedules.schedules_file,
-        &args.key_prefix,
-        catalogue().routes(),
-        redis,
-        publisher,
-        stop.clone(),
-    )?;
-    crate::shutdown::first_signal().await?;
-    stop.cancel();
-    let _ = handle.await;
+    args: SchedulerArgs,
+) -> anyhow::Result<Outcome> {
+    let settings = Settings {
+        connections: conn.clone(),
+        service: args.service,
+        schedules: Some(args.schedules.schedules_file),
+        consume: None,
+    };
+    let worker = Worker::build(settings).await?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals()?;
+    worker.run_until_stopped(shutdown).await;
     Ok(Outcome::Success)
 }

@@ -7,13 +7,13 @@ use serde_json::{Map, Value};
 
 use super::Outcome;
 use super::result::{open_results, show};
-use crate::broker::publisher::Publisher;
-use crate::celery::OutgoingTask;
-use crate::config::ConnectionSettings;
-use crate::registry::catalogue;
+use crate::adapters::broker::publisher::Publisher;
+use crate::app::registry::catalogue;
+use crate::settings::{ConnectionSettings, hostname};
+use crate::wire::OutgoingTask;
 
 #[derive(Debug, Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     /// Celery task name, e.g. core.celery.tasks.shift_tasks.auto_close_shifts or worker.ping.
     pub task: String,
     /// Positional arguments as a JSON list.
@@ -39,7 +39,7 @@ pub struct SendArgs {
     pub json: bool,
 }
 
-pub async fn send(conn: &ConnectionSettings, a: SendArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn send(conn: &ConnectionSettings, a: SendArgs) -> anyhow::Result<Outcome> {
     let args: Vec<Value> =
         serde_json::from_str(&a.args).context("--args must be a JSON list, e.g. '[1, \"x\"]'")?;
     let kwargs: Map<String, Value> = serde_json::from_str(&a.kwargs)
@@ -61,7 +61,7 @@ pub async fn send(conn: &ConnectionSettings, a: SendArgs) -> anyhow::Result<Outc
             .context("--countdown must be a non-negative number of seconds")?;
         task.eta = Some(Utc::now() + delay);
     }
-    let publisher = Publisher::new(&conn.rabbitmq_url);
+    let publisher = Publisher::new(&conn.rabbitmq_url, &cli_origin());
     // Open Redis first with --wait so that a result can never be missed.
     let store = if a.wait {
         Some(open_results(conn).await?)
@@ -79,4 +79,9 @@ pub async fn send(conn: &ConnectionSettings, a: SendArgs) -> anyhow::Result<Outc
         }
         Some(store) => show(&store, &task.id, true, a.timeout, a.json).await,
     }
+}
+
+/// The `origin` header of what the CLI publishes, as Celery writes it for a producer.
+pub(crate) fn cli_origin() -> String {
+    format!("gen{}@{}", std::process::id(), hostname())
 }

@@ -1,0 +1,374 @@
+//! What happens to one delivery, start to finish.
+//!
+//! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> skip
+//! if expired (REVOKED) -> if its eta is far, park it in the delayed store -> run within its
+//! time limits, writing STARTED alongside -> SUCCESS, RETRY (republished) or FAILURE -> ack. The
+//! ack comes last, after the outcome is recorded: a crash anywhere before it means RabbitMQ
+//! redelivers the message (at-least-once), and a stored SUCCESS is never overwritten by the
+//! rerun's STARTED.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lapin::message::Delivery;
+use serde_json::Value;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::retry::{self, Decision};
+use super::time_limit::{self, run_limited};
+use crate::adapters::broker::dead_letter;
+use crate::adapters::broker::publisher::{Declare, Publisher};
+use crate::adapters::broker::settle::Incoming;
+use crate::adapters::delay::{DelayedMessage, DelayedStore};
+use crate::adapters::results::ResultWriter;
+use crate::app::registry::{CallArgs, ErasedJob, JobContext, Registry};
+use crate::metrics::METRICS;
+use crate::settings::TimeLimits;
+use crate::wire::amqp_value::table_to_json;
+use crate::wire::message::{RawMessage, decode};
+use crate::wire::result::Origin;
+use crate::wire::{DecodeFailure, OutgoingMessage, Properties, ResultMeta, TaskError, TaskMessage};
+
+/// How tasks are run and results written.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecutorSettings {
+    pub hostname: String,
+    pub track_started: bool,
+    /// STARTED waits this long into the run; a job that finishes sooner never gets one.
+    pub started_after: Duration,
+    pub result_extended: bool,
+    pub max_message_bytes: usize,
+    /// An eta at most this far away is waited for in memory; a later one goes to the delayed store.
+    pub eta_hold: Duration,
+    pub time_limits: TimeLimits,
+}
+
+pub(crate) struct Executor {
+    registry: Registry,
+    results: Arc<ResultWriter>,
+    delayed: DelayedStore,
+    publisher: Arc<Publisher>,
+    settings: ExecutorSettings,
+}
+
+/// How a delivery is settled with the broker.
+enum Settle {
+    Ack,
+    /// Back to the queue: the outcome could not be recorded, so it must run again.
+    Requeue,
+}
+
+impl Executor {
+    pub(crate) fn new(
+        registry: Registry,
+        results: Arc<ResultWriter>,
+        delayed: DelayedStore,
+        publisher: Arc<Publisher>,
+        settings: ExecutorSettings,
+    ) -> Self {
+        Self {
+            registry,
+            results,
+            delayed,
+            publisher,
+            settings,
+        }
+    }
+
+    /// Process one delivery and settle it with the broker. Never panics; when settling fails
+    /// the channel is gone and RabbitMQ requeues the message by itself.
+    pub(crate) async fn process(&self, queue: &str, incoming: Incoming) {
+        let Incoming {
+            delivery,
+            settlements,
+        } = incoming;
+        let headers = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(table_to_json)
+            .unwrap_or_default();
+        let raw = RawMessage {
+            body: &delivery.data,
+            content_type: delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.as_str()),
+            content_encoding: delivery
+                .properties
+                .content_encoding()
+                .as_ref()
+                .map(|s| s.as_str()),
+            headers: &headers,
+            correlation_id: delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+        };
+        let settle = match decode(raw, self.settings.max_message_bytes) {
+            Ok(message) => {
+                let span = info_span!("task", task_id = %message.id, task = %message.task, queue, retries = message.retries);
+                self.run_message(queue, &delivery, message)
+                    .instrument(span)
+                    .await
+            }
+            Err(failure) => self.refuse_undecodable(queue, &delivery, failure).await,
+        };
+        let tag = delivery.delivery_tag;
+        match settle {
+            // Sent by the channel's settlements, batched with others (see broker::settle).
+            Settle::Ack => settlements.ack(tag),
+            Settle::Requeue => {
+                // Do not spin on a service that keeps failing.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = settlements.requeue(tag).await {
+                    warn!(queue, error = %e, "could not requeue a delivery; it will be redelivered");
+                }
+            }
+        }
+    }
+
+    fn origin<'a>(&'a self, message: &'a TaskMessage, queue: &'a str) -> Origin<'a> {
+        Origin {
+            message,
+            queue,
+            hostname: &self.settings.hostname,
+            extended: self.settings.result_extended,
+        }
+    }
+
+    async fn run_message(&self, queue: &str, delivery: &Delivery, message: TaskMessage) -> Settle {
+        let origin = self.origin(&message, queue);
+        let Some(job) = self.registry.get(&message.task) else {
+            error!(task = %message.task, "Received unregistered task of type {:?}; moving it to {queue}.dead", message.task);
+            let err = TaskError::not_registered(&message.task);
+            return self
+                .dead_letter_then_fail(queue, delivery, "not_registered", &err, Some(origin))
+                .await;
+        };
+
+        if let Some(expires) = message.expires
+            && Utc::now() > expires
+        {
+            info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
+            self.results
+                .write(ResultMeta::revoked(&TaskError::expired(), origin))
+                .await;
+            return Settle::Ack;
+        }
+
+        if let Some(eta) = message.eta
+            && let Ok(wait) = (eta - Utc::now()).to_std()
+        {
+            if wait > self.settings.eta_hold {
+                return self.park(queue, delivery, &message, eta).await;
+            }
+            tokio::time::sleep(wait).await;
+        }
+
+        let record = !message.ignore_result;
+        // STARTED runs beside the job instead of before it, and only once the job has run for
+        // `started_after`: a job that is done by then goes straight to its outcome, and no
+        // task waits for the STARTED round trip. A STARTED that reaches Redis after the outcome
+        // changes nothing (the store script keeps final states).
+        let started = async {
+            if record && self.settings.track_started {
+                if !self.settings.started_after.is_zero() {
+                    tokio::time::sleep(self.settings.started_after).await;
+                }
+                self.results
+                    .write_transient_state(&ResultMeta::started(origin))
+                    .await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let run = self.invoke(job.as_ref(), &message, queue);
+        tokio::pin!(run);
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            () = started => run.await,
+        };
+        match outcome {
+            Ok(value) => {
+                if record {
+                    self.results.write(ResultMeta::success(value, origin)).await;
+                }
+                Settle::Ack
+            }
+            Err(err) => match retry::decide(&err, message.retries, job.max_retries()) {
+                Decision::Retry { countdown } => {
+                    self.retry(queue, &message, &err, countdown, record).await
+                }
+                Decision::Fail => {
+                    METRICS
+                        .tasks_failed
+                        .with_label_values(&[message.task.as_str(), queue])
+                        .inc();
+                    if record {
+                        self.results.write(ResultMeta::failure(&err, origin)).await;
+                    }
+                    Settle::Ack
+                }
+            },
+        }
+    }
+
+    async fn invoke(
+        &self,
+        job: &dyn ErasedJob,
+        message: &TaskMessage,
+        queue: &str,
+    ) -> Result<Value, TaskError> {
+        // Debug: at thousands of tasks a second, one line per task (`task finished`) is enough.
+        debug!("task started");
+        let labels = [message.task.as_str(), queue];
+        METRICS.tasks_started.with_label_values(&labels).inc();
+        METRICS.tasks_in_flight.inc();
+        let started = Instant::now();
+        let ctx = JobContext {
+            task_id: message.id.clone(),
+        };
+        let call = CallArgs {
+            args: message.args.clone(),
+            kwargs: message.kwargs.clone(),
+        };
+        let limits = time_limit::for_message(self.settings.time_limits, message.timelimit);
+        let outcome = run_limited(job.call(call, ctx), limits).await;
+        METRICS.tasks_in_flight.dec();
+        METRICS
+            .task_duration
+            .with_label_values(&[message.task.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        if outcome.is_ok() {
+            METRICS.tasks_succeeded.with_label_values(&labels).inc();
+        }
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match &outcome {
+            Ok(_) => info!(duration_ms, outcome = "success", "task finished"),
+            Err(e) => {
+                warn!(duration_ms, outcome = "failure", error = %e, transient = e.transient, "task finished")
+            }
+        }
+        outcome
+    }
+
+    /// Celery's `task.retry()`: the same id, `retries + 1`, an eta, back to the same queue.
+    async fn retry(
+        &self,
+        queue: &str,
+        message: &TaskMessage,
+        err: &TaskError,
+        countdown: Duration,
+        record: bool,
+    ) -> Settle {
+        let eta = Utc::now() + chrono::Duration::from_std(countdown).unwrap_or_default();
+        let retry = OutgoingMessage::retry(queue, message, eta);
+        match self.publisher.publish(&retry, Declare::CeleryQueue).await {
+            Ok(()) => {
+                info!(countdown_s = countdown.as_secs_f64(), retries = message.retries + 1, error = %err, "task will be retried");
+                METRICS
+                    .tasks_retried
+                    .with_label_values(&[message.task.as_str(), queue])
+                    .inc();
+                if record {
+                    self.results
+                        .write_transient_state(&ResultMeta::retry(err, self.origin(message, queue)))
+                        .await;
+                }
+                Settle::Ack
+            }
+            Err(e) => {
+                warn!(error = %e, "could not publish the retry; the message goes back to the queue");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Move a message whose eta is far away into the delayed store, then ack it.
+    async fn park(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        message: &TaskMessage,
+        eta: chrono::DateTime<Utc>,
+    ) -> Settle {
+        let parked = DelayedMessage::parked(
+            queue,
+            &message.id,
+            eta,
+            &delivery.data,
+            &Properties::from(&delivery.properties),
+        );
+        match self.delayed.put(&parked).await {
+            Ok(()) => {
+                info!(eta = %eta, "eta is far: parked in the delayed store");
+                Settle::Ack
+            }
+            Err(e) => {
+                warn!(error = %e, "could not park a delayed task; it goes back to the queue");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// A message we cannot even read: dead-letter it, and store FAILURE if it named an id.
+    async fn refuse_undecodable(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        failure: DecodeFailure,
+    ) -> Settle {
+        let reason = failure.error.reason();
+        error!(queue, reason, task_id = ?failure.task_id, task = ?failure.task, error = %failure.error, "cannot decode message; moving it to {queue}.dead");
+        let err = TaskError::new("kombu.exceptions", "DecodeError", failure.error.to_string());
+        let message = failure
+            .task_id
+            .as_deref()
+            .map(|id| TaskMessage::minimal(id, failure.task.as_deref()));
+        let origin = message.as_ref().map(|m| self.origin(m, queue));
+        self.dead_letter_then_fail(queue, delivery, reason, &err, origin)
+            .await
+    }
+
+    /// Move the message to `<queue>.dead` first, then store FAILURE (when it has an id), so that
+    /// by the time a Python caller sees the error the message is already in the dead-letter queue.
+    async fn dead_letter_then_fail(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        reason: &str,
+        err: &TaskError,
+        origin: Option<Origin<'_>>,
+    ) -> Settle {
+        match dead_letter::dead_letter(
+            &self.publisher,
+            queue,
+            &delivery.data,
+            &delivery.properties,
+            reason,
+            &err.to_string(),
+        )
+        .await
+        {
+            Ok(()) => {
+                METRICS
+                    .messages_dead_lettered
+                    .with_label_values(&[queue, reason])
+                    .inc();
+                if let Some(origin) = origin {
+                    self.results.write(ResultMeta::failure(err, origin)).await;
+                }
+                Settle::Ack
+            }
+            Err(e) => {
+                error!(queue, error = %e, "could not dead-letter a message; requeueing it");
+                Settle::Requeue
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Typed settings, from the environment (with the StaffProBot app's variable names) and flags.
+//! Plain data: nothing here connects to anything or knows the layers that read it; the
+//! composition root (`startup`) turns these into connections and parts.
+//!
+//! Defaults point at the stock local services (RabbitMQ guest:guest, Redis and PostgreSQL on
+//! localhost) so that `worker run` works on a developer machine out of the box; production sets
+//! every variable explicitly. Secrets live inside URLs: anything that prints a URL goes through
+//! [`redact_url`], and clap is told never to echo the values of those variables in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use clap::Args;
+
+/// Where the services are. Shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionSettings {
+    /// RabbitMQ URL (vhost `/` when the path is empty).
+    #[arg(
+        long,
+        env = "RABBITMQ_URL",
+        default_value = "amqp://guest:guest@localhost:5672/%2f",
+        hide_env_values = true,
+        global = true
+    )]
+    pub rabbitmq_url: String,
+
+    /// Redis URL; a password, if any, goes inside it.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Redis database number, used when REDIS_URL names none.
+    #[arg(long, env = "REDIS_DB", default_value_t = 0, global = true)]
+    pub redis_db: i64,
+
+    /// PostgreSQL URL; `postgresql+asyncpg://` from the Python app is accepted.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgresql://postgres@localhost:5432/staffprobot",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Timezone of schedules and of the jobs' local dates (Celery's `timezone`).
+    #[arg(long, env = "DEFAULT_TIMEZONE", default_value = "Europe/Moscow", value_parser = parse_tz, global = true)]
+    pub default_timezone: Tz,
+
+    /// How long results stay in Redis, in seconds (Celery's `result_expires`).
+    #[arg(long, env = "RESULT_EXPIRES", default_value_t = 3600, global = true)]
+    pub result_expires: u64,
+
+    /// Prefix in front of `celery-task-meta-<id>` (Celery's `global_keyprefix`).
+    #[arg(long, env = "RESULT_KEY_PREFIX", default_value = "", global = true)]
+    pub result_key_prefix: String,
+
+    /// Prefix of the worker's own Redis keys (delayed store, scheduler state); every replica and
+    /// `worker schedules` must use the same one.
+    #[arg(
+        long,
+        env = "WORKER_KEY_PREFIX",
+        default_value = "worker:",
+        global = true
+    )]
+    pub key_prefix: String,
+}
+
+impl ConnectionSettings {
+    /// The Redis URL with `REDIS_DB` applied when the URL names no database.
+    pub fn redis_url_with_db(&self) -> String {
+        let url = self.redis_url.trim_end_matches('/');
+        let after_host = url.split_once("://").map_or(url, |(_, rest)| rest);
+        if after_host.contains('/') || self.redis_db == 0 {
+            url.to_owned()
+        } else {
+            format!("{url}/{}", self.redis_db)
+        }
+    }
+
+    /// The PostgreSQL URL sqlx understands.
+    pub fn database_url_for_sqlx(&self) -> String {
+        self.database_url.replacen("+asyncpg", "", 1)
+    }
+}
+
+/// How `worker run` consumes.
+#[derive(Debug, Clone, Args)]
+pub struct RunSettings {
+    /// Queues to consume, comma-separated.
+    #[arg(
+        long,
+        env = "WORKER_QUEUES",
+        value_delimiter = ',',
+        default_value = "notifications,shifts,analytics"
+    )]
+    pub queues: Vec<String>,
+
+    /// Tasks run at once; also the broker prefetch (shared by all queues, as Celery's
+    /// `global` qos). Jobs wait on the network, not the CPU, hence more than the core count.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Name written into results' `worker` field and STARTED's `hostname`.
+    #[arg(long, env = "WORKER_HOSTNAME")]
+    pub hostname: Option<String>,
+
+    /// Store STARTED when a task begins (Celery's `task_track_started`).
+    #[arg(long, env = "WORKER_TRACK_STARTED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub track_started: bool,
+
+    /// Write STARTED only once a task has run this many milliseconds (0: as it starts). A task
+    /// that finishes sooner goes straight to its outcome: one Redis write instead of two, for a
+    /// state nobody could have seen.
+    #[arg(long, env = "WORKER_TRACK_STARTED_AFTER_MS", default_value_t = 5)]
+    pub track_started_after_ms: u64,
+
+    /// Store name, args, kwargs, worker, retries and queue with results (`result_extended`).
+    #[arg(long, env = "WORKER_RESULT_EXTENDED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub result_extended: bool,
+
+    /// Bodies larger than this go to the dead-letter queue unread.
+    #[arg(long, env = "WORKER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Seconds of eta waited for in memory; a task due later is parked in the Redis delayed
+    /// store and acked, so no message stays unacked near RabbitMQ's consumer_timeout (30 min).
+    #[arg(long, env = "WORKER_ETA_HOLD", default_value_t = 5.0)]
+    pub eta_hold: f64,
+
+    /// Soft time limit in seconds (cooperative cancel, SoftTimeLimitExceeded); 0 = none.
+    #[arg(long, env = "WORKER_SOFT_TIME_LIMIT", default_value_t = 1500.0)]
+    pub soft_time_limit: f64,
+
+    /// Hard time limit in seconds (task abandoned, TimeLimitExceeded); 0 = none.
+    #[arg(long, env = "WORKER_TIME_LIMIT", default_value_t = 1800.0)]
+    pub time_limit: f64,
+
+    /// Final results kept in memory while Redis is unreachable; beyond it the oldest is dropped.
+    #[arg(long, env = "WORKER_RESULT_BUFFER", default_value_t = 10_000)]
+    pub result_buffer: usize,
+}
+
+/// The time limits one run gets (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeLimits {
+    pub soft: Option<Duration>,
+    pub hard: Option<Duration>,
+}
+
+impl RunSettings {
+    pub fn time_limits(&self) -> TimeLimits {
+        let secs = |s: f64| Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero());
+        TimeLimits {
+            soft: secs(self.soft_time_limit),
+            hard: secs(self.time_limit),
+        }
+    }
+
+    pub fn eta_hold(&self) -> Duration {
+        Duration::try_from_secs_f64(self.eta_hold).unwrap_or(Duration::from_secs(5))
+    }
+
+    pub fn hostname(&self) -> String {
+        self.hostname
+            .clone()
+            .unwrap_or_else(|| format!("worker@{}", hostname()))
+    }
+}
+
+/// What StaffProBot's jobs need beyond the connections.
+#[derive(Debug, Clone, Args)]
+pub struct JobSettings {
+    /// Telegram Bot API token; unset (or empty) turns Telegram delivery off, with one warning.
+    #[arg(long, env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
+    pub telegram_bot_token: Option<String>,
+
+    /// Telegram Bot API base URL (a proxy, or a fake in tests).
+    #[arg(long, env = "TELEGRAM_API_URL", default_value = jobs::DEFAULT_TELEGRAM_API_URL)]
+    pub telegram_api_url: String,
+
+    /// process-reminders reminds of shifts starting within this many hours.
+    #[arg(long, env = "REMINDER_HOURS_BEFORE", default_value_t = 2)]
+    pub reminder_hours_before: u32,
+}
+
+/// Where the schedules are.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleSettings {
+    /// The schedules file (see the comments in the shipped schedules.toml).
+    #[arg(
+        long = "schedules",
+        env = "SCHEDULES_FILE",
+        default_value = "schedules.toml"
+    )]
+    pub schedules_file: PathBuf,
+}
+
+/// How the long-running process serves and stops: the HTTP server, the shutdown grace, the
+/// ready file. Shared by `worker run` and `worker scheduler`.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceSettings {
+    /// Seconds running tasks get to finish after SIGTERM before they are handed back to the queue.
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+
+    /// Address of the HTTP server (/healthz, /readyz, /metrics, /results/{id}, /schedules).
+    #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Do not start the HTTP server.
+    #[arg(long, env = "WORKER_NO_HTTP")]
+    pub no_http: bool,
+
+    /// Once the process works (consuming, or the scheduler running), write this JSON file:
+    /// `{"pid", "http_addr", "queues", "hostname"}`. For supervisors and tests that need to know
+    /// when the worker is up and where its HTTP server listens (with port 0).
+    #[arg(long, env = "WORKER_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+impl ServiceSettings {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace)
+    }
+}
+
+/// This machine's name, for `origin` headers and the default worker name.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn parse_tz(s: &str) -> Result<Tz, String> {
+    s.parse::<Tz>()
+        .map_err(|_| format!("unknown timezone {s:?}; use an IANA name such as Europe/Moscow"))
+}
+
+/// `scheme://user:***@host/...`: the URL with its password hidden, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://{user}@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("amqp://admin:s3cret@rabbit:5672/%2f"),
+            "amqp://admin:***@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@localhost:6379/0"),
+            "redis://:***@localhost:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://localhost:6379"),
+            "redis://localhost:6379"
+        );
+        assert_eq!(
+            redact_url("postgresql://postgres@h/db"),
+            "postgresql://postgres@h/db"
+        );
+    }
+
+    #[test]
+    fn applies_redis_db_when_url_has_none() {
+        let mut s = ConnectionSettings {
+            rabbitmq_url: String::new(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_db: 2,
+            database_url: "postgresql+asyncpg://u:p@h/db".into(),
+            default_timezone: chrono_tz::Europe::Moscow,
+            result_expires: 3600,
+            result_key_prefix: String::new(),
+            key_prefix: "worker:".into(),
+        };
+        assert_eq!(s.redis_url_with_db(), "redis://127.0.0.1:6379/2");
+        s.redis_url = "redis://127.0.0.1:6379/5".into();
+        assert_eq!(s.redis_url_with_db(), "redis://127.0.0.1:6379/5");
+        assert_eq!(s.database_url_for_sqlx(), "postgresql://u:p@h/db");
+    }
+}

@@ -1,0 +1,411 @@
+//! The composition root: the one place that builds the service from its settings.
+//!
+//! [`Worker::build`] connects what must be connected before anything runs (Redis; PostgreSQL
+//! only with `--migrate`), validates the schedules file, binds the HTTP server and wires the
+//! parts together; what it returns says where it listens ([`Worker::http_addr`]) and what it
+//! consumes ([`Worker::queues`]). [`Worker::run_until_stopped`] then runs everything through the
+//! phases of a [`Shutdown`]:
+//!
+//! ```text
+//!   consumer ──deliveries──► engine (apalis workers) ──► executor ──► results / publisher
+//!   background: result flusher, delayed-store poller, readiness probe, scheduler, HTTP
+//! ```
+//!
+//! `worker run` builds the whole service; `worker scheduler` builds the same root without the
+//! consumer and the engine (it publishes ticks and serves `/healthz`, `/readyz`, `/metrics`,
+//! `/schedules`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::adapters::broker::consumer::{self, ConsumerControl};
+use crate::adapters::broker::publisher::Publisher;
+use crate::adapters::delay::{self, DelayedStore};
+use crate::adapters::http::{self, BrokerProbe, Dependencies, HttpState, SchedulesSource};
+use crate::adapters::postgres::{self, DatabaseError};
+use crate::adapters::redis_conn::{self, RedisConnectError};
+use crate::adapters::results::{ResultStore, ResultWriter};
+use crate::app::engine::{self, Executor, ExecutorSettings};
+use crate::app::registry::{Registry, catalogue, registry};
+use crate::app::scheduler::service::SchedulerService;
+use crate::app::scheduler::{ScheduleFileError, TickPublisher};
+use crate::settings::{
+    self, ConnectionSettings, JobSettings, RunSettings, ServiceSettings, redact_url,
+};
+use crate::shutdown::{Phase, Shutdown};
+
+/// Everything the service is built from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connections: ConnectionSettings,
+    pub service: ServiceSettings,
+    /// The schedules file; `None`: no scheduler in this process.
+    pub schedules: Option<PathBuf>,
+    /// What to consume; `None`: the scheduler alone (`worker scheduler`).
+    pub consume: Option<Consume>,
+}
+
+/// The consuming part of the service.
+#[derive(Debug, Clone)]
+pub struct Consume {
+    pub run: RunSettings,
+    pub jobs: JobSettings,
+    /// Create the database if it is missing and apply the migrations before consuming.
+    pub migrate: bool,
+}
+
+/// Why the service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Redis(#[from] RedisConnectError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("configuring the jobs: {0}")]
+    Jobs(#[from] jobs::JobError),
+    #[error("{0}\n(fix the file, point SCHEDULES_FILE elsewhere, or pass --no-scheduler)")]
+    Schedules(#[from] ScheduleFileError),
+    #[error("binding the HTTP server to {addr} (set WORKER_HTTP_ADDR or --no-http): {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The engine side: what consumes and runs tasks.
+struct Engine {
+    executor: Arc<Executor>,
+    queues: Vec<String>,
+    concurrency: u16,
+    rabbitmq_url: String,
+    delayed: DelayedStore,
+    results: Arc<ResultWriter>,
+}
+
+/// A built service, not running yet.
+pub struct Worker {
+    hostname: String,
+    grace: Duration,
+    ready_file: Option<PathBuf>,
+    http: Option<(TcpListener, SocketAddr, HttpState)>,
+    publisher: Arc<Publisher>,
+    dependencies: Arc<Dependencies>,
+    scheduler: Option<SchedulerService>,
+    engine: Option<Engine>,
+    consuming: watch::Sender<bool>,
+}
+
+impl Worker {
+    /// Connect and wire every part; nothing runs until [`Worker::run_until_stopped`].
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let conn = &settings.connections;
+        let hostname = settings.consume.as_ref().map_or_else(
+            || format!("scheduler@{}", settings::hostname()),
+            |c| c.run.hostname(),
+        );
+        let origin = format!("gen{}@{}", std::process::id(), settings::hostname());
+        info!(
+            hostname = %hostname,
+            queues = ?settings.consume.as_ref().map(|c| &c.run.queues),
+            concurrency = settings.consume.as_ref().map(|c| c.run.concurrency),
+            rabbitmq = %redact_url(&conn.rabbitmq_url),
+            redis = %redact_url(&conn.redis_url_with_db()),
+            "starting worker"
+        );
+
+        let (client, redis) = redis_conn::connect(&conn.redis_url_with_db(), None).await?;
+        let store = ResultStore::new(
+            client,
+            redis.clone(),
+            &conn.result_key_prefix,
+            conn.result_expires,
+        );
+        let publisher = Arc::new(Publisher::new(&conn.rabbitmq_url, &origin));
+        let (consuming, consuming_rx) = watch::channel(false);
+
+        let (registry, postgres, engine) = match &settings.consume {
+            Some(consume) => {
+                let (registry, pool) = jobs_registry(conn, consume).await?;
+                let results = ResultWriter::new(store.clone(), consume.run.result_buffer);
+                let delayed = DelayedStore::new(redis.clone(), &conn.key_prefix);
+                let executor = Arc::new(Executor::new(
+                    registry.clone(),
+                    Arc::clone(&results),
+                    delayed.clone(),
+                    Arc::clone(&publisher),
+                    executor_settings(&consume.run, &hostname),
+                ));
+                let engine = Engine {
+                    executor,
+                    queues: consume.run.queues.clone(),
+                    concurrency: consume.run.concurrency,
+                    rabbitmq_url: conn.rabbitmq_url.clone(),
+                    delayed,
+                    results,
+                };
+                (registry, Some(pool), Some(engine))
+            }
+            None => (catalogue(), None, None),
+        };
+
+        let broker = match &engine {
+            Some(_) => BrokerProbe::Consumer(consuming_rx),
+            None => BrokerProbe::Publisher(Arc::clone(&publisher)),
+        };
+        let dependencies = Arc::new(Dependencies {
+            broker,
+            redis: redis.clone(),
+            postgres,
+        });
+
+        let scheduler = match &settings.schedules {
+            Some(path) => {
+                let ticks: Arc<dyn TickPublisher> = Arc::clone(&publisher) as _;
+                Some(SchedulerService::prepare(
+                    path,
+                    conn.default_timezone,
+                    &conn.key_prefix,
+                    registry.routes(),
+                    redis.clone(),
+                    ticks,
+                )?)
+            }
+            None => None,
+        };
+
+        let http = if settings.service.no_http {
+            None
+        } else {
+            let addr = settings.service.http_addr;
+            let (listener, bound) = http::bind(addr)
+                .await
+                .map_err(|source| StartupError::Http { addr, source })?;
+            let schedules = scheduler.as_ref().map(|s| {
+                let reporter = s.reporter();
+                let source: SchedulesSource = Arc::new(move || {
+                    let reporter = reporter.clone();
+                    Box::pin(async move { reporter.report().await })
+                });
+                source
+            });
+            let state = HttpState {
+                results: store,
+                writer: engine.as_ref().map(|e| Arc::clone(&e.results)),
+                dependencies: Arc::clone(&dependencies),
+                schedules,
+            };
+            Some((listener, bound, state))
+        };
+
+        Ok(Self {
+            hostname,
+            grace: settings.service.shutdown_grace(),
+            ready_file: settings.service.ready_file.clone(),
+            http,
+            publisher,
+            dependencies,
+            scheduler,
+            engine,
+            consuming,
+        })
+    }
+
+    /// Where the HTTP server listens (`None` with `--no-http`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr, _)| *addr)
+    }
+
+    /// The queues this worker consumes (none for the scheduler alone).
+    pub fn queues(&self) -> &[String] {
+        self.engine.as_ref().map_or(&[], |e| e.queues.as_slice())
+    }
+
+    /// Run until `shutdown` begins, then stop phase by phase (see [`crate::shutdown`]).
+    pub async fn run_until_stopped(self, shutdown: Shutdown) {
+        let Self {
+            hostname,
+            grace,
+            ready_file,
+            http,
+            publisher,
+            dependencies,
+            scheduler,
+            engine,
+            consuming,
+        } = self;
+        let http_addr = http.as_ref().map(|(_, addr, _)| *addr);
+        let queues = engine
+            .as_ref()
+            .map(|e| e.queues.clone())
+            .unwrap_or_default();
+
+        let mut background: Vec<JoinHandle<()>> = vec![tokio::spawn(http::refresh_loop(
+            dependencies,
+            shutdown.clone(),
+        ))];
+        if let Some((listener, _, state)) = http {
+            background.push(tokio::spawn(http::serve(listener, state, shutdown.clone())));
+        }
+        let scheduler_running = scheduler.is_some();
+        if let Some(scheduler) = scheduler {
+            background.push(tokio::spawn(
+                scheduler.run(token_at(&shutdown, Phase::StopBackground)),
+            ));
+        }
+
+        // The ready file says the process works: consuming, or (scheduler alone) scheduling.
+        let ready = ReadyFile {
+            path: ready_file,
+            document: json!({
+                "pid": std::process::id(),
+                "hostname": hostname,
+                "http_addr": http_addr.map(|a| a.to_string()),
+                "queues": queues,
+                "scheduler": scheduler_running,
+            }),
+        };
+
+        match engine {
+            Some(engine) => {
+                background.push(tokio::spawn(
+                    Arc::clone(&engine.results).run_flusher(shutdown.clone()),
+                ));
+                background.push(tokio::spawn(delay::poller::run(
+                    engine.delayed.clone(),
+                    Arc::clone(&publisher),
+                    shutdown.clone(),
+                )));
+                let mut consuming_rx = consuming.subscribe();
+                let (receivers, consumer) = consumer::spawn(
+                    engine.rabbitmq_url.clone(),
+                    engine.queues.clone(),
+                    engine.concurrency,
+                    ConsumerControl {
+                        shutdown: shutdown.clone(),
+                        consuming,
+                    },
+                );
+                background.push(tokio::spawn(async move {
+                    if consuming_rx.wait_for(|c| *c).await.is_ok() {
+                        ready.write();
+                    }
+                }));
+                let intake_stopped = {
+                    let shutdown = shutdown.clone();
+                    async move {
+                        shutdown.reached(Phase::StopIntake).await;
+                        shutdown.advance(Phase::Drain);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = engine::run(
+                    engine.executor,
+                    receivers,
+                    usize::from(engine.concurrency),
+                    grace,
+                    intake_stopped,
+                )
+                .await
+                {
+                    warn!(error = %e, "the engine stopped with an error");
+                }
+                shutdown.advance(Phase::Settle);
+                shutdown.advance(Phase::CloseBroker);
+                let _ = consumer.await;
+            }
+            None => {
+                ready.write();
+                shutdown.reached(Phase::StopIntake).await;
+                shutdown.advance(Phase::CloseBroker);
+            }
+        }
+
+        shutdown.advance(Phase::StopBackground);
+        for handle in background {
+            let _ = handle.await;
+        }
+        shutdown.advance(Phase::Stopped);
+        info!("worker stopped");
+    }
+}
+
+/// The jobs' registry, with the jobs' context on one lazily connected PostgreSQL pool that
+/// readiness shares; with `--migrate`, the database is created and migrated first.
+async fn jobs_registry(
+    conn: &ConnectionSettings,
+    consume: &Consume,
+) -> Result<(Registry, sqlx::PgPool), StartupError> {
+    let database_url = conn.database_url_for_sqlx();
+    if consume.migrate {
+        postgres::create_and_migrate(&database_url).await?;
+    }
+    let mut s = jobs::ContextSettings::new(database_url.clone(), conn.redis_url.clone());
+    s.redis_db = conn.redis_db;
+    s.default_timezone = conn.default_timezone;
+    s.telegram_bot_token = consume
+        .jobs
+        .telegram_bot_token
+        .clone()
+        .filter(|t| !t.trim().is_empty());
+    s.telegram_api_url = consume.jobs.telegram_api_url.clone();
+    s.reminder_hours_before = consume.jobs.reminder_hours_before;
+    s.db_max_connections = u32::from(consume.run.concurrency).max(2);
+    let context = jobs::Context::connect_lazy(&s)?;
+    let pool = context.db().clone();
+    if !consume.migrate {
+        postgres::probe_at_startup(&pool, &database_url).await;
+    }
+    Ok((registry(Some(Arc::new(context))), pool))
+}
+
+fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {
+    ExecutorSettings {
+        hostname: hostname.to_owned(),
+        track_started: run.track_started,
+        started_after: Duration::from_millis(run.track_started_after_ms),
+        result_extended: run.result_extended,
+        max_message_bytes: run.max_message_bytes,
+        eta_hold: run.eta_hold(),
+        time_limits: run.time_limits(),
+    }
+}
+
+/// A token cancelled when the shutdown reaches `phase`, for the scheduler's library API.
+fn token_at(shutdown: &Shutdown, phase: Phase) -> CancellationToken {
+    let token = CancellationToken::new();
+    let (shutdown, cancel) = (shutdown.clone(), token.clone());
+    tokio::spawn(async move {
+        shutdown.reached(phase).await;
+        cancel.cancel();
+    });
+    token
+}
+
+/// The `--ready-file` document, written once, atomically (temporary file, then rename).
+struct ReadyFile {
+    path: Option<PathBuf>,
+    document: serde_json::Value,
+}
+
+impl ReadyFile {
+    fn write(&self) {
+        let Some(path) = &self.path else { return };
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, self.document.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        match written {
+            Ok(()) => info!(path = %path.display(), "ready file written"),
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot write the ready file"),
+        }
+    }
+}

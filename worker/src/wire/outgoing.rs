@@ -1,0 +1,247 @@
+//! Every message the worker publishes is built here: new tasks (`worker send`, scheduler
+//! ticks), retries, dead letters and republished delayed messages. Each builder returns an
+//! [`OutgoingMessage`] — routing key, body, [`Properties`] — that the broker adapter publishes
+//! as it is; no other module assembles headers or AMQP properties.
+//!
+//! Pure: the clock and the publisher's identity (`origin`) are arguments.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde_json::{Value, json};
+
+use super::amqp_value::json_to_table;
+use super::properties::{PERSISTENT, Properties};
+use super::{OutgoingTask, TaskMessage};
+
+/// Headers a dead letter carries besides the original ones.
+pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
+pub const DEAD_LETTER_DETAIL: &str = "x-dead-letter-detail";
+pub const DEAD_LETTER_AT: &str = "x-dead-letter-at";
+pub const DEAD_LETTER_QUEUE: &str = "x-original-queue";
+/// All of them, for stripping on replay.
+pub const DEAD_LETTER_HEADERS: [&str; 4] = [
+    DEAD_LETTER_REASON,
+    DEAD_LETTER_DETAIL,
+    DEAD_LETTER_AT,
+    DEAD_LETTER_QUEUE,
+];
+
+/// The longest `x-dead-letter-detail` we write. The detail may quote the message (an invalid
+/// `eta`, say); unbounded, it could push the dead letter's headers past the frame size, and a
+/// dead letter that cannot be published is a message that cannot be settled.
+pub const MAX_DEAD_LETTER_DETAIL: usize = 1024;
+
+/// A message ready to publish on the default exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    /// The queue (Celery routes through the default exchange by queue name).
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: Properties,
+}
+
+/// Why and when a message went to the dead-letter queue.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterNote<'a> {
+    /// The queue it came from.
+    pub queue: &'a str,
+    /// A short stable word (`not_json`, `not_registered`, ...).
+    pub reason: &'a str,
+    /// The error, for people; truncated to [`MAX_DEAD_LETTER_DETAIL`] bytes.
+    pub detail: &'a str,
+    pub at: DateTime<Utc>,
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, false)
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes()))
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary, marked when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+impl OutgoingMessage {
+    /// A new task, as kombu publishes it: JSON, persistent, the task id as correlation id, and a
+    /// per-message TTL (`expiration`) when the task expires in the future. An expiry already
+    /// passed gets no TTL: the consumer must see the message to store REVOKED.
+    pub fn task(queue: &str, task: &OutgoingTask, origin: &str, now: DateTime<Utc>) -> Self {
+        let mut properties =
+            Properties::celery_task(&task.id, json_to_table(&task.headers(origin)));
+        if let Some(expires) = task.expires {
+            let ms = (expires - now).num_milliseconds();
+            if ms > 0 {
+                properties.expiration = Some(ms.to_string());
+            }
+        }
+        Self {
+            routing_key: queue.to_owned(),
+            body: task.body(),
+            properties,
+        }
+    }
+
+    /// Celery's `task.retry()`: the same id, body and bookkeeping, `retries + 1`, the new `eta`,
+    /// back to the same queue.
+    pub fn retry(queue: &str, message: &TaskMessage, eta: DateTime<Utc>) -> Self {
+        let mut headers = message.headers.clone();
+        headers.insert("lang".into(), json!("py"));
+        headers.insert("task".into(), json!(message.task));
+        headers.insert("id".into(), json!(message.id));
+        headers.insert("retries".into(), json!(message.retries.saturating_add(1)));
+        headers.insert("eta".into(), json!(iso(eta)));
+        headers.insert(
+            "root_id".into(),
+            json!(message.root_id.as_deref().unwrap_or(&message.id)),
+        );
+        let body = json!([message.args, message.kwargs, message.embed]);
+        Self {
+            routing_key: queue.to_owned(),
+            body: body.to_string().into_bytes(),
+            properties: Properties::celery_task(&message.id, json_to_table(&headers)),
+        }
+    }
+
+    /// A copy of a message for `<queue>.dead`: body and properties as they came, plus headers
+    /// saying why and when, persistent, and without a per-message TTL (which would silently
+    /// delete the dead letter).
+    pub fn dead_letter(
+        dead_letter_queue: &str,
+        body: &[u8],
+        original: &Properties,
+        note: DeadLetterNote<'_>,
+    ) -> Self {
+        let mut properties = original.clone();
+        properties.expiration = None;
+        properties.delivery_mode = Some(PERSISTENT);
+        let h = &mut properties.headers;
+        h.insert(DEAD_LETTER_REASON.into(), text(note.reason));
+        h.insert(
+            DEAD_LETTER_DETAIL.into(),
+            text(&truncate(note.detail, MAX_DEAD_LETTER_DETAIL)),
+        );
+        h.insert(
+            DEAD_LETTER_AT.into(),
+            text(&note.at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        );
+        h.insert(DEAD_LETTER_QUEUE.into(), text(note.queue));
+        Self {
+            routing_key: dead_letter_queue.to_owned(),
+            body: body.to_vec(),
+            properties,
+        }
+    }
+
+    /// A dead letter on its way back to `queue`: the original message, without our headers.
+    pub fn replayed(queue: &str, body: &[u8], dead: &Properties) -> Self {
+        let mut properties = dead.clone();
+        let mut headers = FieldTable::default();
+        for (k, v) in dead.headers.inner() {
+            if !DEAD_LETTER_HEADERS.contains(&k.as_str()) {
+                headers.insert(ShortString::from(k.as_str()), v.clone());
+            }
+        }
+        properties.headers = headers;
+        Self {
+            routing_key: queue.to_owned(),
+            body: body.to_vec(),
+            properties,
+        }
+    }
+
+    /// A message published again unchanged (a delayed message whose time has come).
+    pub fn republish(queue: &str, body: Vec<u8>, properties: Properties) -> Self {
+        Self {
+            routing_key: queue.to_owned(),
+            body,
+            properties,
+        }
+    }
+
+    /// The AMQP properties, for publishing.
+    pub fn amqp_properties(&self) -> BasicProperties {
+        self.properties.clone().into()
+    }
+
+    /// A header as JSON (tests and logs).
+    pub fn header(&self, name: &str) -> Option<Value> {
+        self.properties
+            .headers
+            .inner()
+            .get(name)
+            .map(super::amqp_value::to_json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    #[test]
+    fn a_task_that_expires_gets_a_ttl_unless_already_expired() {
+        let now = Utc::now();
+        let mut t = OutgoingTask::new("worker.ping", vec![], Default::default());
+        t.expires = Some(now + TimeDelta::seconds(2));
+        let m = OutgoingMessage::task("q", &t, "gen1@h", now);
+        assert_eq!(m.properties.expiration.as_deref(), Some("2000"));
+        assert_eq!(m.properties.correlation_id.as_deref(), Some(t.id.as_str()));
+        assert_eq!(m.properties.delivery_mode, Some(2));
+        t.expires = Some(now - TimeDelta::seconds(2));
+        let m = OutgoingMessage::task("q", &t, "gen1@h", now);
+        assert_eq!(m.properties.expiration, None);
+        assert!(m.header("expires").unwrap().as_str().is_some());
+    }
+
+    #[test]
+    fn retry_keeps_identity_and_counts() {
+        let mut m = TaskMessage::minimal("abc", Some("t"));
+        m.retries = 2;
+        let eta = Utc::now();
+        let out = OutgoingMessage::retry("q", &m, eta);
+        assert_eq!(out.header("id").unwrap(), "abc");
+        assert_eq!(out.header("retries").unwrap(), 3);
+        assert_eq!(out.header("root_id").unwrap(), "abc");
+        assert_eq!(out.header("eta").unwrap(), iso(eta));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out.body).unwrap()[0],
+            json!([])
+        );
+    }
+
+    #[test]
+    fn dead_letters_drop_the_ttl_bound_their_detail_and_replay_clean() {
+        let mut original = Properties::celery_task("id1", FieldTable::default());
+        original.expiration = Some("5000".into());
+        original.headers.insert("task".into(), text("worker.ping"));
+        let long = "é".repeat(5000);
+        let note = DeadLetterNote {
+            queue: "q",
+            reason: "invalid_message",
+            detail: &long,
+            at: Utc::now(),
+        };
+        let dead = OutgoingMessage::dead_letter("q.dead", b"body", &original, note);
+        assert_eq!(dead.routing_key, "q.dead");
+        assert_eq!(dead.properties.expiration, None);
+        let detail = dead.header(DEAD_LETTER_DETAIL).unwrap();
+        assert!(detail.as_str().unwrap().len() <= MAX_DEAD_LETTER_DETAIL);
+        assert_eq!(dead.header(DEAD_LETTER_QUEUE).unwrap(), "q");
+        let back = OutgoingMessage::replayed("q", &dead.body, &dead.properties);
+        assert_eq!(back.header(DEAD_LETTER_REASON), None);
+        assert_eq!(back.header("task").unwrap(), "worker.ping");
+        assert_eq!(back.body, b"body");
+    }
+}
