@@ -124,6 +124,31 @@ async fn late_intermediate_states_never_replace_a_final_one() {
     }
 }
 
+/// The store script reads the stored document's own `status`: a task whose arguments contain
+/// the text `"status":"SUCCESS"` still gets its outcome stored after STARTED.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stored_status_decides_not_text_in_the_arguments() {
+    let prefix = format!("{}:", unique("results"));
+    let store = ResultStore::connect(REDIS_URL, &prefix, 60).await.unwrap();
+    for outcome in ["FAILURE", "SUCCESS"] {
+        let mut message =
+            TaskMessage::minimal(&uuid::Uuid::new_v4().to_string(), Some("worker.echo"));
+        message.args = vec![json!({"status": "SUCCESS"}), json!(r#""status":"SUCCESS""#)];
+        let origin = origin(&message);
+        assert_eq!(
+            store.store(&ResultMeta::started(origin)).await.unwrap(),
+            StoreOutcome::Written
+        );
+        let last = match outcome {
+            "FAILURE" => ResultMeta::failure(&TaskError::value_error("no"), origin),
+            _ => ResultMeta::success(json!("done"), origin),
+        };
+        assert_eq!(store.store(&last).await.unwrap(), StoreOutcome::Written);
+        let stored = store.get(&message.id).await.unwrap().unwrap();
+        assert_eq!(stored.status.as_str(), outcome);
+    }
+}
+
 /// The statuses published on a task's result channel until it is ready, in order.
 async fn published_statuses(
     client: &redis::Client,

@@ -160,3 +160,108 @@ async fn auto_close_shifts_from_the_cli_and_from_python() {
     delete_queue(&channel, &queue).await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_cannot_reach_its_database_fails_and_is_retried_as_transient() {
+    let queue = unique("jobs-nodb");
+    let missing = format!(
+        "postgresql://postgres@127.0.0.1:5432/worker_missing_{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("DATABASE_URL", missing.as_str())],
+    );
+    let (_c, channel) = amqp().await;
+    let name = "core.celery.tasks.shift_tasks.auto_close_shifts";
+    // A first run is retried: RETRY, with the error Python sees.
+    let first = worker::wire::OutgoingTask::new(name, Vec::new(), serde_json::Map::new());
+    publish_task(&channel, &queue, &first).await;
+    let r = wait_result(&first.id, Some("RETRY"), std::time::Duration::from_secs(15))
+        .await
+        .expect("RETRY");
+    assert_eq!(r["result"]["exc_type"], "OperationalError", "{r}");
+    // One whose retries are used up fails: FAILURE, not a SUCCESS listing the error.
+    let mut last = worker::wire::OutgoingTask::new(name, Vec::new(), serde_json::Map::new());
+    last.retries = 5;
+    publish_task(&channel, &queue, &last).await;
+    let r = wait_result(
+        &last.id,
+        Some("FAILURE"),
+        std::time::Duration::from_secs(15),
+    )
+    .await
+    .expect("FAILURE");
+    assert_eq!(r["result"]["exc_type"], "OperationalError", "{r}");
+    assert!(
+        r["traceback"].as_str().unwrap().contains("does not exist"),
+        "{r}"
+    );
+    drop(worker);
+    delete_queue(&channel, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_with_row_errors_is_a_success_counted_for_alerts() {
+    let db = TestDatabase::create().await;
+    let pool = db.pool().await;
+    let (user, object) = seed_object(&pool).await;
+    // 8 hours at the largest rate NUMERIC(10,2) holds: the payment does not fit, so the shift
+    // is closed without totals and flagged in `errors`, not crashed.
+    let long = seed_shift(&pool, user, object, 2).await;
+    sqlx::query("UPDATE shifts SET hourly_rate = 99999999.99 WHERE id = $1")
+        .bind(long)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let queue = unique("jobs-rowerr");
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("DATABASE_URL", db.url.as_str())],
+    );
+    let q = queue.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "send",
+            "core.celery.tasks.shift_tasks.auto_close_shifts",
+            "--queue",
+            &q,
+            "--wait",
+            "--timeout",
+            "60",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    let doc: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(doc["status"], "SUCCESS", "{doc}");
+    assert_eq!(doc["result"]["success"], false, "{doc}");
+    let errors = doc["result"]["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains(&format!("shift {long}"))),
+        "{doc}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("worker_tasks_with_errors_total")
+                && l.contains("auto_close_shifts")
+                && l.contains(&queue)
+        })
+        .unwrap_or_else(|| panic!("no worker_tasks_with_errors_total line:\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    drop(worker);
+    pool.close().await;
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+    db.drop_now().await;
+}

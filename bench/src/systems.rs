@@ -94,6 +94,8 @@ pub fn worker(
             ("LOG_FORMAT", "json".into()),
             ("WORKER_KEY_PREFIX", format!("bench-{label}:")),
             ("WORKER_HTTP_ADDR", "127.0.0.1:0".into()),
+            // The benchmark drains worker.ping, a diagnostic task.
+            ("WORKER_DIAGNOSTIC_TASKS", "true".into()),
         ],
     }
 }

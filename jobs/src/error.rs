@@ -88,7 +88,11 @@ impl JobError {
 
 /// Connection-level failures and the SQLSTATEs that mean "try again": connection exceptions
 /// (class 08), serialization failures and deadlocks (40001, 40P01), insufficient resources
-/// (class 53) and operator intervention such as a restarting server (class 57P).
+/// (class 53), operator intervention such as a restarting server (class 57P), and a database
+/// the job cannot use at all yet — missing (3D000), refusing the login (28000, 28P01), or not
+/// migrated (42P01, a table the schema defines is missing). Those last ones are an operator's
+/// to fix, and a job that hits them did none of its work: it must fail as a whole (and be
+/// retried once someone has), never report them row by row inside a SUCCESS.
 pub(crate) fn sqlx_is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -102,6 +106,10 @@ pub(crate) fn sqlx_is_transient(e: &sqlx::Error) -> bool {
                 || code.starts_with("57P")
                 || code == "40001"
                 || code == "40P01"
+                || code == "3D000"
+                || code == "28000"
+                || code == "28P01"
+                || code == "42P01"
         }),
         _ => false,
     }

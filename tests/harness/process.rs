@@ -50,6 +50,8 @@ impl WorkerProcess {
             .env("WORKER_DIAGNOSTIC_TASKS", "true")
             // The shipped schedules would publish StaffProBot ticks to the real queues.
             .env("WORKER_NO_SCHEDULER", "true")
+            // The tests' own large stacks (.cargo/config.toml) must not hide the worker's.
+            .env_remove("RUST_MIN_STACK")
             .stdout(Stdio::null())
             .stderr(file.try_clone().expect("clone log handle"));
         for (k, v) in env {

@@ -18,6 +18,8 @@ pub(crate) struct Metrics {
     pub tasks_succeeded: IntCounterVec,
     pub tasks_failed: IntCounterVec,
     pub tasks_retried: IntCounterVec,
+    pub tasks_with_errors: IntCounterVec,
+    pub worker_panics: IntCounterVec,
     pub messages_dead_lettered: IntCounterVec,
     pub messages_acked: IntCounter,
     pub ack_frames: IntCounterVec,
@@ -114,6 +116,18 @@ impl Metrics {
                 "worker_tasks_retried_total",
                 "Retries published.",
                 tl,
+            ),
+            tasks_with_errors: counter(
+                &registry,
+                "worker_tasks_with_errors_total",
+                "Runs that ended in SUCCESS but list per-row errors in their result's `errors`.",
+                tl,
+            ),
+            worker_panics: counter(
+                &registry,
+                "worker_panics_total",
+                "Messages whose processing panicked outside the job (each became a FAILURE and a dead letter).",
+                &["queue"],
             ),
             messages_dead_lettered: counter(
                 &registry,

@@ -131,6 +131,21 @@ pub struct RunSettings {
     #[arg(long, env = "WORKER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Bodies with more JSON values than this (arguments, list items, fields, containers) go
+    /// to the dead-letter queue unread.
+    #[arg(long, env = "WORKER_MAX_MESSAGE_VALUES", default_value_t = 100_000)]
+    pub max_message_values: usize,
+
+    /// Bytes of message bodies processed at once, across all queues (at least one largest
+    /// message): what bounds memory when many large messages arrive together.
+    #[arg(long, env = "WORKER_INFLIGHT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub inflight_bytes: usize,
+
+    /// Run the diagnostic tasks `worker.ping`, `worker.echo`, `worker.sleep`, `worker.fail`.
+    /// Off in production: they run on every queue the worker consumes.
+    #[arg(long, env = "WORKER_DIAGNOSTIC_TASKS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub diagnostic_tasks: bool,
+
     /// Seconds of eta waited for in memory; a task due later is parked in the Redis delayed
     /// store and acked, so no message stays unacked near RabbitMQ's consumer_timeout (30 min).
     #[arg(long, env = "WORKER_ETA_HOLD", default_value_t = 5.0)]

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::adapters::broker::consumer::{self, ConsumerControl};
 use crate::adapters::broker::publisher::Publisher;
@@ -34,7 +34,7 @@ use crate::adapters::http::{self, BrokerProbe, Dependencies, HttpState, Schedule
 use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::redis_conn::{self, RedisConnectError};
 use crate::adapters::results::{ResultStore, ResultWriter};
-use crate::app::engine::{self, Executor, ExecutorSettings};
+use crate::app::engine::{self, Executor, ExecutorSettings, QueueHealth};
 use crate::app::registry::{Registry, catalogue, registry};
 use crate::app::scheduler::service::SchedulerService;
 use crate::app::scheduler::{ScheduleFileError, TickPublisher};
@@ -42,6 +42,7 @@ use crate::settings::{
     self, ConnectionSettings, JobSettings, RunSettings, ServiceSettings, redact_url,
 };
 use crate::shutdown::{Phase, Shutdown};
+use crate::wire::message::Limits;
 
 /// Everything the service is built from.
 #[derive(Debug, Clone)]
@@ -90,6 +91,16 @@ struct Engine {
     rabbitmq_url: String,
     delayed: DelayedStore,
     results: Arc<ResultWriter>,
+    health: Arc<QueueHealth>,
+}
+
+/// How the service ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop (a signal, or `Shutdown::begin`), and stopped.
+    Clean,
+    /// A part that must not end did; the process should exit non-zero.
+    Fatal(String),
 }
 
 /// A built service, not running yet.
@@ -152,6 +163,7 @@ impl Worker {
                     rabbitmq_url: conn.rabbitmq_url.clone(),
                     delayed,
                     results,
+                    health: Arc::new(QueueHealth::default()),
                 };
                 (registry, Some(pool), Some(engine))
             }
@@ -166,6 +178,7 @@ impl Worker {
             broker,
             redis: redis.clone(),
             postgres,
+            queues: engine.as_ref().map(|e| Arc::clone(&e.health)),
         });
 
         let scheduler = match &settings.schedules {
@@ -231,7 +244,7 @@ impl Worker {
     }
 
     /// Run until `shutdown` begins, then stop phase by phase (see [`crate::shutdown`]).
-    pub async fn run_until_stopped(self, shutdown: Shutdown) {
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Stopped {
         let Self {
             hostname,
             grace,
@@ -249,6 +262,7 @@ impl Worker {
             .map(|e| e.queues.clone())
             .unwrap_or_default();
 
+        let mut fatal = None;
         let mut background: Vec<JoinHandle<()>> = vec![tokio::spawn(http::refresh_loop(
             dependencies,
             shutdown.clone(),
@@ -314,10 +328,15 @@ impl Worker {
                     usize::from(engine.concurrency),
                     grace,
                     intake_stopped,
+                    (Arc::clone(&engine.health), shutdown.clone()),
                 )
                 .await
                 {
                     warn!(error = %e, "the engine stopped with an error");
+                }
+                let stopped = engine.health.stopped();
+                if !stopped.is_empty() {
+                    fatal = Some(format!("queues stopped consuming: {stopped:?}"));
                 }
                 shutdown.advance(Phase::Settle);
                 shutdown.advance(Phase::CloseBroker);
@@ -335,7 +354,16 @@ impl Worker {
             let _ = handle.await;
         }
         shutdown.advance(Phase::Stopped);
-        info!("worker stopped");
+        match fatal {
+            None => {
+                info!("worker stopped");
+                Stopped::Clean
+            }
+            Some(why) => {
+                error!(reason = %why, "worker stopped after a fatal error");
+                Stopped::Fatal(why)
+            }
+        }
     }
 }
 
@@ -365,7 +393,13 @@ async fn jobs_registry(
     if !consume.migrate {
         postgres::probe_at_startup(&pool, &database_url).await;
     }
-    Ok((registry(Some(Arc::new(context))), pool))
+    if consume.run.diagnostic_tasks {
+        info!("diagnostic tasks (worker.ping, worker.echo, worker.sleep, worker.fail) are enabled");
+    }
+    Ok((
+        registry(Some(Arc::new(context)), consume.run.diagnostic_tasks),
+        pool,
+    ))
 }
 
 fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {
@@ -374,7 +408,11 @@ fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {
         track_started: run.track_started,
         started_after: Duration::from_millis(run.track_started_after_ms),
         result_extended: run.result_extended,
-        max_message_bytes: run.max_message_bytes,
+        limits: Limits {
+            max_body_bytes: run.max_message_bytes,
+            max_values: run.max_message_values,
+        },
+        inflight_bytes: run.inflight_bytes,
         eta_hold: run.eta_hold(),
         time_limits: run.time_limits(),
     }

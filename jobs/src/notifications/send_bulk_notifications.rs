@@ -88,6 +88,9 @@ pub async fn send_bulk_notifications(
             Ok(r) if r.success => report.sent += 1,
             Ok(r) => failures.push((user_id, r.error.unwrap_or_else(|| "not delivered".into()))),
             Err(e @ JobError::InvalidInput(_)) => return Err(e),
+            // The database or Redis is unusable: the run as a whole is retried, and the rerun
+            // of the same task sends nothing twice (the rows are keyed on its id).
+            Err(e) if e.is_transient() => return Err(e),
             Err(e) => failures.push((user_id, e.to_string())),
         }
     }

@@ -10,3 +10,4 @@ mod on_demand;
 mod planner;
 mod reminders;
 mod telegram_limits;
+mod unusable;

@@ -93,7 +93,20 @@ impl From<Outcome> for ExitCode {
     }
 }
 
+/// The stack of every thread the process starts: the runtime's workers and blocking threads,
+/// and — through `RUST_MIN_STACK` — threads that libraries start themselves, lapin's I/O thread
+/// above all. lapin parses and writes AMQP header tables recursively on that thread, and the
+/// executor clones and drops them recursively on the runtime's; a header may nest as deep as a
+/// 128 KiB frame holds (about 26,000 levels). Only the pages a thread touches become resident,
+/// so a generous reservation costs address space, not memory.
+const THREAD_STACK: usize = 256 * 1024 * 1024;
+
 pub fn main() -> ExitCode {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // SAFETY: the first thing the process does: no other thread exists yet, and std reads
+        // the variable when it starts the first thread.
+        unsafe { std::env::set_var("RUST_MIN_STACK", THREAD_STACK.to_string()) };
+    }
     // The file must be applied before clap reads the environment.
     let args: Vec<String> = std::env::args().collect();
     if let Some(path) = config_file::requested(&args) {
@@ -113,6 +126,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(THREAD_STACK)
         .enable_all()
         .build()
     {

@@ -8,7 +8,7 @@ use crate::settings::{
     ConnectionSettings, JobSettings, RunSettings, ScheduleSettings, ServiceSettings,
 };
 use crate::shutdown::Shutdown;
-use crate::startup::{Consume, Settings, Worker};
+use crate::startup::{Consume, Settings, Stopped, Worker};
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RunArgs {
@@ -53,6 +53,8 @@ pub(crate) async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Res
     let worker = Worker::build(args.startup_settings(conn)).await?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
-    worker.run_until_stopped(shutdown).await;
-    Ok(Outcome::Success)
+    Ok(match worker.run_until_stopped(shutdown).await {
+        Stopped::Clean => Outcome::Success,
+        Stopped::Fatal(_) => Outcome::Failed,
+    })
 }

@@ -14,7 +14,7 @@ use crate::app::registry::catalogue;
 use crate::app::scheduler::{self, Schedule};
 use crate::settings::{ConnectionSettings, ScheduleSettings, ServiceSettings};
 use crate::shutdown::Shutdown;
-use crate::startup::{Settings, Worker};
+use crate::startup::{Settings, Stopped, Worker};
 
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
@@ -99,6 +99,8 @@ pub(crate) async fn run_alone(
     let worker = Worker::build(settings).await?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
-    worker.run_until_stopped(shutdown).await;
-    Ok(Outcome::Success)
+    Ok(match worker.run_until_stopped(shutdown).await {
+        Stopped::Clean => Outcome::Success,
+        Stopped::Fatal(_) => Outcome::Failed,
+    })
 }

@@ -56,10 +56,18 @@ pub(crate) async fn send(conn: &ConnectionSettings, a: SendArgs) -> anyhow::Resu
     };
     let mut task = OutgoingTask::new(a.task, args, kwargs);
     if let Some(countdown) = a.countdown {
-        let delay = chrono::Duration::try_milliseconds((countdown * 1000.0) as i64)
-            .filter(|_| countdown.is_finite() && countdown >= 0.0)
-            .context("--countdown must be a non-negative number of seconds")?;
-        task.eta = Some(Utc::now() + delay);
+        let max = crate::wire::outgoing::MAX_DELAY;
+        let delay = std::time::Duration::try_from_secs_f64(countdown)
+            .ok()
+            .filter(|d| *d <= max)
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .with_context(|| {
+                format!(
+                    "--countdown must be a number of seconds from 0 to {} (about 8.5 years), got {countdown}",
+                    max.as_secs()
+                )
+            })?;
+        task.eta = Utc::now().checked_add_signed(delay);
     }
     let publisher = Publisher::new(&conn.rabbitmq_url, &cli_origin());
     // Open Redis first with --wait so that a result can never be missed.

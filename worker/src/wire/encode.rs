@@ -53,8 +53,8 @@ impl OutgoingTask {
             "timelimit": [null, null],
             "root_id": self.root_id.clone().unwrap_or_else(|| self.id.clone()),
             "parent_id": self.parent_id,
-            "argsrepr": Value::Array(self.args.clone()).to_string(),
-            "kwargsrepr": Value::Object(self.kwargs.clone()).to_string(),
+            "argsrepr": repr(&Value::Array(self.args.clone())),
+            "kwargsrepr": repr(&Value::Object(self.kwargs.clone())),
             "origin": origin,
             "ignore_result": false,
             "replaced_task_nesting": 0,
@@ -83,6 +83,14 @@ impl OutgoingTask {
     }
 }
 
+/// Celery's `argsrepr_maxsize` / `kwargsrepr_maxsize`: the reprs are for logs, and headers must
+/// fit in one frame whatever the arguments.
+const REPR_MAX: usize = 1024;
+
+fn repr(v: &Value) -> String {
+    super::outgoing::truncate(&v.to_string(), REPR_MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,7 +113,7 @@ mod tests {
                 headers: &headers,
                 correlation_id: None,
             },
-            1 << 20,
+            crate::wire::message::Limits::DEFAULT,
         )
         .unwrap();
         assert_eq!(m.id, t.id);

@@ -73,6 +73,12 @@ impl TaskMessage {
 pub enum DecodeError {
     #[error("body of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error(
+        "body holds more than {limit} JSON values (arguments, list items, fields); refused unread"
+    )]
+    TooManyValues { limit: usize },
+    #[error("headers nest {depth} levels deep; at most {limit} are accepted")]
+    HeadersTooDeep { depth: usize, limit: usize },
     #[error("unsupported content type {0:?}: this worker accepts only application/json")]
     ContentType(String),
     #[error("unsupported content encoding {0:?}: expected utf-8")]
@@ -94,6 +100,8 @@ impl DecodeError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::TooLarge { .. } => "too_large",
+            Self::TooManyValues { .. } => "too_many_values",
+            Self::HeadersTooDeep { .. } => "headers_too_deep",
             Self::ContentType(_) => "content_type",
             Self::ContentEncoding(_) => "content_encoding",
             Self::NotUtf8 => "not_utf8",
@@ -123,8 +131,53 @@ pub struct RawMessage<'a> {
     pub correlation_id: Option<&'a str>,
 }
 
-/// Decode one delivery, refusing bodies above `max_body_bytes`.
-pub fn decode(raw: RawMessage<'_>, max_body_bytes: usize) -> Result<TaskMessage, DecodeFailure> {
+/// What one message may hold. Both bounds are checked before the body is parsed, so a hostile
+/// message costs a scan of its bytes, not the memory of its tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// JSON values in the body: each list item, field and nested container counts one.
+    pub max_values: usize,
+}
+
+impl Limits {
+    /// The worker's defaults: 4 MiB, 100,000 values.
+    pub const DEFAULT: Limits = Limits {
+        max_body_bytes: 4 * 1024 * 1024,
+        max_values: 100_000,
+    };
+}
+
+/// An upper bound on the number of JSON values in `body`, without parsing it: commas, `[` and
+/// `{` outside string literals, plus one. Malformed JSON is counted too; the parser refuses it
+/// afterwards.
+pub fn count_values(body: &[u8]) -> usize {
+    let mut count = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => count = count.saturating_add(1),
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
+/// Decode one delivery within `limits`.
+pub fn decode(raw: RawMessage<'_>, limits: Limits) -> Result<TaskMessage, DecodeFailure> {
+    let max_body_bytes = limits.max_body_bytes;
     let header_id = raw
         .headers
         .get("id")
@@ -146,6 +199,11 @@ pub fn decode(raw: RawMessage<'_>, max_body_bytes: usize) -> Result<TaskMessage,
         return Err(fail(DecodeError::TooLarge {
             size: raw.body.len(),
             limit: max_body_bytes,
+        }));
+    }
+    if count_values(raw.body) > limits.max_values {
+        return Err(fail(DecodeError::TooManyValues {
+            limit: limits.max_values,
         }));
     }
     if let Some(ct) = raw.content_type.filter(|ct| !ct.is_empty())
@@ -332,7 +390,12 @@ fn retries(v: Option<&Value>) -> Result<u32, DecodeError> {
         Some(v) => v
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| DecodeError::Invalid(format!("retries must be a count, got {v}"))),
+            .ok_or_else(|| {
+                DecodeError::Invalid(format!(
+                    "retries must be a count, got {}",
+                    quoted(&v.to_string())
+                ))
+            }),
     }
 }
 
@@ -343,9 +406,9 @@ fn string_field(v: Option<&Value>) -> Option<String> {
 fn time_field(v: Option<&Value>, name: &str) -> Result<Option<DateTime<Utc>>, DecodeError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_time(s)
-            .map(Some)
-            .ok_or_else(|| DecodeError::Invalid(format!("{name} is not an ISO-8601 time: {s:?}"))),
+        Some(Value::String(s)) => parse_time(s).map(Some).ok_or_else(|| {
+            DecodeError::Invalid(format!("{name} is not an ISO-8601 time: {}", quoted(s)))
+        }),
         Some(other) => Err(DecodeError::Invalid(format!(
             "{name} must be an ISO-8601 string, got {}",
             kind(other)
@@ -381,6 +444,12 @@ fn timelimit(v: Option<&Value>) -> Result<(Option<f64>, Option<f64>), DecodeErro
     }
 }
 
+/// A value from the message, quoted in an error: cut short, since errors are stored in results
+/// and dead-letter headers.
+fn quoted(s: &str) -> String {
+    format!("{:?}", super::outgoing::truncate(s, 64))
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -398,7 +467,10 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    const LIMIT: usize = 1 << 20;
+    const LIMIT: Limits = Limits {
+        max_body_bytes: 1 << 20,
+        max_values: 10_000,
+    };
 
     fn raw<'a>(body: &'a [u8], headers: &'a Map<String, Value>) -> RawMessage<'a> {
         RawMessage {
@@ -488,11 +560,30 @@ mod tests {
         let f = decode(raw(b"[]", &Map::new()), LIMIT).unwrap_err();
         assert_eq!(f.error, DecodeError::Unknown);
         let big = vec![b' '; 11];
-        let f = decode(raw(&big, &headers), 10).unwrap_err();
+        let small = Limits {
+            max_body_bytes: 10,
+            max_values: 10,
+        };
+        let f = decode(raw(&big, &headers), small).unwrap_err();
         assert_eq!(f.error.reason(), "too_large");
+        let many = br#"[[1,2,3,4,5,6,7,8,9,10,11],{},null]"#;
+        let roomy = Limits {
+            max_body_bytes: 1000,
+            max_values: 10,
+        };
+        let f = decode(raw(many, &headers), roomy).unwrap_err();
+        assert_eq!(f.error.reason(), "too_many_values");
+        assert_eq!(f.task_id.as_deref(), Some("c2e01216"));
         let mut r = raw(b"[[],{},null]", &headers);
         r.content_type = Some("application/x-python-serialize");
         assert_eq!(decode(r, LIMIT).unwrap_err().error.reason(), "content_type");
+    }
+
+    #[test]
+    fn value_count_ignores_commas_inside_strings() {
+        assert_eq!(count_values(br#"[1,2]"#), 3);
+        assert_eq!(count_values(br#"["a,b,\\",[",x"]"#), 4);
+        assert_eq!(count_values(br#"{"k":[{}]}"#), 4);
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

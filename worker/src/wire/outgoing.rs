@@ -19,18 +19,34 @@ pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
 pub const DEAD_LETTER_DETAIL: &str = "x-dead-letter-detail";
 pub const DEAD_LETTER_AT: &str = "x-dead-letter-at";
 pub const DEAD_LETTER_QUEUE: &str = "x-original-queue";
+/// Set, with the original headers' size, when they were too large to keep (see below).
+pub const DEAD_LETTER_HEADERS_DROPPED: &str = "x-dead-letter-headers-dropped";
 /// All of them, for stripping on replay.
-pub const DEAD_LETTER_HEADERS: [&str; 4] = [
+pub const DEAD_LETTER_HEADERS: [&str; 5] = [
     DEAD_LETTER_REASON,
     DEAD_LETTER_DETAIL,
     DEAD_LETTER_AT,
     DEAD_LETTER_QUEUE,
+    DEAD_LETTER_HEADERS_DROPPED,
 ];
+
+/// The largest original header table a dead letter keeps whole. A message's properties travel
+/// in one frame (128 KiB as kombu and we negotiate it); headers that nearly fill it would not
+/// fit with ours added, and a dead letter that cannot be published is a message that cannot be
+/// settled. Above this, only the small top-level headers (`id`, `task`, ...) are kept.
+pub const MAX_KEPT_HEADER_BYTES: usize = 96 * 1024;
+/// The largest top-level header kept when the others are dropped.
+const MAX_KEPT_HEADER_VALUE: usize = 256;
 
 /// The longest `x-dead-letter-detail` we write. The detail may quote the message (an invalid
 /// `eta`, say); unbounded, it could push the dead letter's headers past the frame size, and a
 /// dead letter that cannot be published is a message that cannot be settled.
 pub const MAX_DEAD_LETTER_DETAIL: usize = 1024;
+
+/// The longest delay a message can wait (an eta, a countdown, a retry's backoff): 2^28 - 1
+/// seconds, about 8.5 years — what kombu's native delayed delivery can express, so every
+/// producer and this worker agree on it.
+pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs((1 << 28) - 1);
 
 /// A message ready to publish on the default exchange.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +87,24 @@ pub fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
+}
+
+/// The top-level headers that are not tables or lists and are at most
+/// [`MAX_KEPT_HEADER_VALUE`] bytes.
+fn small_top_level_headers(headers: &FieldTable) -> FieldTable {
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        let small = match v {
+            AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => false,
+            AMQPValue::LongString(s) => s.as_bytes().len() <= MAX_KEPT_HEADER_VALUE,
+            AMQPValue::ByteArray(b) => b.as_slice().len() <= MAX_KEPT_HEADER_VALUE,
+            _ => true,
+        };
+        if small {
+            kept.insert(ShortString::from(k.as_str()), v.clone());
+        }
+    }
+    kept
 }
 
 impl OutgoingMessage {
@@ -126,6 +160,14 @@ impl OutgoingMessage {
         let mut properties = original.clone();
         properties.expiration = None;
         properties.delivery_mode = Some(PERSISTENT);
+        let size = super::amqp_value::shape(&original.headers).encoded_bytes;
+        if size > MAX_KEPT_HEADER_BYTES {
+            properties.headers = small_top_level_headers(&original.headers);
+            properties.headers.insert(
+                DEAD_LETTER_HEADERS_DROPPED.into(),
+                AMQPValue::LongLongInt(i64::try_from(size).unwrap_or(i64::MAX)),
+            );
+        }
         let h = &mut properties.headers;
         h.insert(DEAD_LETTER_REASON.into(), text(note.reason));
         h.insert(
@@ -239,9 +281,38 @@ mod tests {
         let detail = dead.header(DEAD_LETTER_DETAIL).unwrap();
         assert!(detail.as_str().unwrap().len() <= MAX_DEAD_LETTER_DETAIL);
         assert_eq!(dead.header(DEAD_LETTER_QUEUE).unwrap(), "q");
+        assert_eq!(dead.header(DEAD_LETTER_HEADERS_DROPPED), None);
         let back = OutgoingMessage::replayed("q", &dead.body, &dead.properties);
         assert_eq!(back.header(DEAD_LETTER_REASON), None);
         assert_eq!(back.header("task").unwrap(), "worker.ping");
         assert_eq!(back.body, b"body");
+    }
+
+    #[test]
+    fn headers_too_large_to_keep_are_dropped_but_the_identity_stays() {
+        let mut original = Properties::celery_task("id1", FieldTable::default());
+        original.headers.insert("id".into(), text("id1"));
+        original.headers.insert("task".into(), text("worker.ping"));
+        original
+            .headers
+            .insert("huge".into(), text(&"x".repeat(120 * 1024)));
+        let note = DeadLetterNote {
+            queue: "q",
+            reason: "invalid_message",
+            detail: "d",
+            at: Utc::now(),
+        };
+        let dead = OutgoingMessage::dead_letter("q.dead", b"{}", &original, note);
+        assert_eq!(dead.header("huge"), None);
+        assert_eq!(dead.header("id").unwrap(), "id1");
+        assert_eq!(dead.header("task").unwrap(), "worker.ping");
+        assert!(
+            dead.header(DEAD_LETTER_HEADERS_DROPPED)
+                .unwrap()
+                .as_i64()
+                .unwrap()
+                > 120 * 1024
+        );
+        assert!(super::super::amqp_value::shape(&dead.properties.headers).encoded_bytes < 4096);
     }
 }

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::adapters::broker::publisher::Publisher;
+use crate::app::engine::QueueHealth;
 
 use crate::metrics::METRICS;
 use crate::shutdown::{Phase, Shutdown};
@@ -29,6 +30,8 @@ pub(crate) struct Dependencies {
     pub redis: ConnectionManager,
     /// The jobs' pool; None where no job runs (`worker scheduler`).
     pub postgres: Option<PgPool>,
+    /// Which queues' workers stopped; None where nothing is consumed.
+    pub queues: Option<Arc<QueueHealth>>,
 }
 
 impl Dependencies {
@@ -70,6 +73,18 @@ impl Dependencies {
                         .map_err(|e| format!("PostgreSQL: {}", pg_error(&e)))
                 });
             out.insert("postgres", status(pg));
+        }
+        if let Some(queues) = &self.queues {
+            let stopped = queues.stopped();
+            let names: Vec<&str> = stopped.keys().map(String::as_str).collect();
+            out.insert(
+                "queues",
+                status(if names.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("stopped consuming: {}", names.join(", ")))
+                }),
+            );
         }
         for (name, v) in &out {
             METRICS

@@ -19,15 +19,18 @@ use crate::wire::ResultMeta;
 
 /// KEYS[1] the result key; ARGV[1] the document, ARGV[2] its expiry in seconds, ARGV[3] "1" when
 /// the document is an intermediate state (STARTED, RETRY). Returns 1 written, 0 kept a SUCCESS,
-/// 2 kept another final state. Public so the benchmarks time exactly this script.
+/// 2 kept another final state. The stored document's own `status` field decides (decoded with
+/// cjson): a substring search would also match the text in a task's stored arguments. A value
+/// that is not a result document is replaced. Public so the benchmarks time exactly this script.
 pub const STORE_SCRIPT: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current then
-  if string.find(current, '"status":%s*"SUCCESS"') then
+  local ok, doc = pcall(cjson.decode, current)
+  local status = ok and type(doc) == 'table' and doc['status'] or nil
+  if status == 'SUCCESS' then
     return 0
   end
-  if ARGV[3] == '1' and (string.find(current, '"status":%s*"FAILURE"')
-      or string.find(current, '"status":%s*"REVOKED"')) then
+  if ARGV[3] == '1' and (status == 'FAILURE' or status == 'REVOKED') then
     return 2
   end
 end
@@ -145,7 +148,12 @@ impl ResultStore {
         if last.as_ref().is_some_and(|m| m.status.is_ready()) {
             return Ok(last);
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout too far to add to the clock waits for ever, which is what it asked for.
+        let deadline = tokio::time::Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| {
+                tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400)
+            });
         let mut messages = pubsub.on_message();
         // The periodic re-read covers a Redis reconnect that would drop the subscription.
         let mut reread = tokio::time::interval(Duration::from_secs(1));

@@ -6,15 +6,25 @@
 //! ack comes last, after the outcome is recorded: a crash anywhere before it means RabbitMQ
 //! redelivers the message (at-least-once), and a stored SUCCESS is never overwritten by the
 //! rerun's STARTED.
+//!
+//! Each delivery is processed in isolation. A panic anywhere on its way (decoding, storing,
+//! publishing — a job's own panic is already caught where it runs) becomes that message's
+//! FAILURE and dead letter, never the end of its queue's worker. A message whose outcome cannot
+//! be recorded goes back to its queue, at most [`requeues::MAX_ATTEMPTS`] times, then it is
+//! parked in the dead-letter queue with the reason. Memory is bounded by an in-flight budget:
+//! a delivery is decoded only once its body fits in what the deliveries being processed leave.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::FutureExt;
 use lapin::message::Delivery;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::requeues::{self, MessageKey, Requeues};
 use super::retry::{self, Decision};
 use super::time_limit::{self, run_limited};
 use crate::adapters::broker::dead_letter;
@@ -25,10 +35,13 @@ use crate::adapters::results::ResultWriter;
 use crate::app::registry::{CallArgs, ErasedJob, JobContext, Registry};
 use crate::metrics::METRICS;
 use crate::settings::TimeLimits;
-use crate::wire::amqp_value::table_to_json;
-use crate::wire::message::{RawMessage, decode};
+use crate::wire::amqp_value::{self, MAX_HEADER_DEPTH};
+use crate::wire::message::{Limits, RawMessage, decode};
+use crate::wire::outgoing::MAX_DELAY;
 use crate::wire::result::Origin;
-use crate::wire::{DecodeFailure, OutgoingMessage, Properties, ResultMeta, TaskError, TaskMessage};
+use crate::wire::{
+    DecodeError, DecodeFailure, OutgoingMessage, Properties, ResultMeta, TaskError, TaskMessage,
+};
 
 /// How tasks are run and results written.
 #[derive(Debug, Clone)]
@@ -38,7 +51,9 @@ pub(crate) struct ExecutorSettings {
     /// STARTED waits this long into the run; a job that finishes sooner never gets one.
     pub started_after: Duration,
     pub result_extended: bool,
-    pub max_message_bytes: usize,
+    pub limits: Limits,
+    /// Bytes of message bodies processed at once (at least one largest message).
+    pub inflight_bytes: usize,
     /// An eta at most this far away is waited for in memory; a later one goes to the delayed store.
     pub eta_hold: Duration,
     pub time_limits: TimeLimits,
@@ -50,13 +65,32 @@ pub(crate) struct Executor {
     delayed: DelayedStore,
     publisher: Arc<Publisher>,
     settings: ExecutorSettings,
+    /// The in-flight budget, one permit per KiB of body.
+    budget: Semaphore,
+    requeues: Requeues,
 }
 
 /// How a delivery is settled with the broker.
 enum Settle {
     Ack,
     /// Back to the queue: the outcome could not be recorded, so it must run again.
-    Requeue,
+    Requeue {
+        problem: String,
+    },
+}
+
+/// Permits of the in-flight budget a body takes.
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+}
+
+/// The text of a panic's payload.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl Executor {
@@ -67,12 +101,15 @@ impl Executor {
         publisher: Arc<Publisher>,
         settings: ExecutorSettings,
     ) -> Self {
+        let budget = settings.inflight_bytes.max(settings.limits.max_body_bytes);
         Self {
             registry,
             results,
             delayed,
             publisher,
+            budget: Semaphore::new(kib(budget) as usize),
             settings,
+            requeues: Requeues::default(),
         }
     }
 
@@ -83,51 +120,111 @@ impl Executor {
             delivery,
             settlements,
         } = incoming;
-        let headers = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .map(table_to_json)
-            .unwrap_or_default();
-        let raw = RawMessage {
-            body: &delivery.data,
-            content_type: delivery
-                .properties
-                .content_type()
-                .as_ref()
-                .map(|s| s.as_str()),
-            content_encoding: delivery
-                .properties
-                .content_encoding()
-                .as_ref()
-                .map(|s| s.as_str()),
-            headers: &headers,
-            correlation_id: delivery
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|s| s.as_str()),
+        // Oversized bodies are refused unread: they take one permit, not their size.
+        let size = if delivery.data.len() > self.settings.limits.max_body_bytes {
+            1
+        } else {
+            delivery.data.len()
         };
-        let settle = match decode(raw, self.settings.max_message_bytes) {
-            Ok(message) => {
-                let span = info_span!("task", task_id = %message.id, task = %message.task, queue, retries = message.retries);
-                self.run_message(queue, &delivery, message)
-                    .instrument(span)
-                    .await
+        let _permit = self.budget.acquire_many(kib(size)).await;
+        let key = MessageKey::of(top_level_id(&delivery).as_deref(), &delivery.data);
+        let decided = std::panic::AssertUnwindSafe(self.decide(queue, &delivery))
+            .catch_unwind()
+            .await;
+        let settle = match decided {
+            Ok(settle) => settle,
+            Err(panic) => {
+                METRICS.worker_panics.with_label_values(&[queue]).inc();
+                let text = panic_text(panic.as_ref());
+                error!(queue, panic = %text, "processing a message panicked; moving it to {queue}.dead");
+                let err =
+                    TaskError::runtime_error(format!("the worker failed on this message: {text}"));
+                std::panic::AssertUnwindSafe(self.park_unsettled(
+                    queue,
+                    &delivery,
+                    "worker_panic",
+                    &err,
+                ))
+                .catch_unwind()
+                .await
+                .unwrap_or(Settle::Requeue {
+                    problem: format!("panicked: {text}"),
+                })
             }
-            Err(failure) => self.refuse_undecodable(queue, &delivery, failure).await,
+        };
+        let settle = match settle {
+            Settle::Requeue { problem } => {
+                let attempts = self.requeues.record(&key);
+                if attempts >= requeues::MAX_ATTEMPTS {
+                    error!(queue, attempts, problem = %problem, "a message could not be settled {attempts} times; parking it in {queue}.dead");
+                    let err = TaskError::runtime_error(format!(
+                        "the outcome could not be recorded after {attempts} attempts: {problem}"
+                    ));
+                    self.park_unsettled(queue, &delivery, "unsettled", &err)
+                        .await
+                } else {
+                    Settle::Requeue { problem }
+                }
+            }
+            ack => ack,
         };
         let tag = delivery.delivery_tag;
         match settle {
             // Sent by the channel's settlements, batched with others (see broker::settle).
-            Settle::Ack => settlements.ack(tag),
-            Settle::Requeue => {
+            Settle::Ack => {
+                self.requeues.forget(&key);
+                settlements.ack(tag)
+            }
+            Settle::Requeue { .. } => {
                 // Do not spin on a service that keeps failing.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if let Err(e) = settlements.requeue(tag).await {
                     warn!(queue, error = %e, "could not requeue a delivery; it will be redelivered");
                 }
             }
+        }
+    }
+
+    /// Decode and run the delivery; returns how to settle it.
+    async fn decide(&self, queue: &str, delivery: &Delivery) -> Settle {
+        let properties = &delivery.properties;
+        let table = properties.headers().clone().unwrap_or_default();
+        // Measured without recursion before anything recursive touches the table.
+        let shape = amqp_value::shape(&table);
+        if shape.depth > MAX_HEADER_DEPTH {
+            let failure = DecodeFailure {
+                error: DecodeError::HeadersTooDeep {
+                    depth: shape.depth,
+                    limit: MAX_HEADER_DEPTH,
+                },
+                task_id: top_level_id(delivery),
+                task: top_level_string(&table, "task"),
+            };
+            return self.refuse_undecodable(queue, delivery, failure).await;
+        }
+        let headers = amqp_value::table_to_json(&table);
+        let text =
+            |s: &Option<lapin::types::ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+        let (content_type, content_encoding, correlation_id) = (
+            text(properties.content_type()),
+            text(properties.content_encoding()),
+            text(properties.correlation_id()),
+        );
+        let raw = RawMessage {
+            body: &delivery.data,
+            content_type: content_type.as_deref(),
+            content_encoding: content_encoding.as_deref(),
+            headers: &headers,
+            correlation_id: correlation_id.as_deref(),
+        };
+        match decode(raw, self.settings.limits) {
+            Ok(message) => {
+                let span = info_span!("task", task_id = %message.id, task = %message.task, queue, retries = message.retries);
+                self.run_message(queue, delivery, message)
+                    .instrument(span)
+                    .await
+            }
+            Err(failure) => self.refuse_undecodable(queue, delivery, failure).await,
         }
     }
 
@@ -150,23 +247,31 @@ impl Executor {
                 .await;
         };
 
-        if let Some(expires) = message.expires
-            && Utc::now() > expires
-        {
-            info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
-            self.results
-                .write(ResultMeta::revoked(&TaskError::expired(), origin))
-                .await;
+        if self.expired(&message, origin).await {
             return Settle::Ack;
         }
 
         if let Some(eta) = message.eta
             && let Ok(wait) = (eta - Utc::now()).to_std()
         {
+            if wait > MAX_DELAY {
+                let err = TaskError::value_error(format!(
+                    "eta {eta} is more than {} days away; the longest delay is {} days",
+                    wait.as_secs() / 86_400,
+                    MAX_DELAY.as_secs() / 86_400
+                ));
+                return self
+                    .dead_letter_then_fail(queue, delivery, "eta_out_of_range", &err, Some(origin))
+                    .await;
+            }
             if wait > self.settings.eta_hold {
                 return self.park(queue, delivery, &message, eta).await;
             }
             tokio::time::sleep(wait).await;
+            // An expiry can fall while the eta was waited for: Celery checks it again.
+            if self.expired(&message, origin).await {
+                return Settle::Ack;
+            }
         }
 
         let record = !message.ignore_result;
@@ -195,6 +300,12 @@ impl Executor {
         };
         match outcome {
             Ok(value) => {
+                if reports_errors(&value) {
+                    METRICS
+                        .tasks_with_errors
+                        .with_label_values(&[message.task.as_str(), queue])
+                        .inc();
+                }
                 if record {
                     self.results.write(ResultMeta::success(value, origin)).await;
                 }
@@ -204,7 +315,7 @@ impl Executor {
                 Decision::Retry { countdown } => {
                     self.retry(queue, &message, &err, countdown, record).await
                 }
-                Decision::Fail => {
+                Decision::Fail(err) => {
                     METRICS
                         .tasks_failed
                         .with_label_values(&[message.task.as_str(), queue])
@@ -266,7 +377,15 @@ impl Executor {
         countdown: Duration,
         record: bool,
     ) -> Settle {
-        let eta = Utc::now() + chrono::Duration::from_std(countdown).unwrap_or_default();
+        // `decide` keeps countdowns within MAX_DELAY, so this cannot overflow; be safe anyway.
+        let Some(eta) = chrono::Duration::from_std(countdown)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+        else {
+            return Settle::Requeue {
+                problem: format!("retry countdown {countdown:?} is out of range"),
+            };
+        };
         let retry = OutgoingMessage::retry(queue, message, eta);
         match self.publisher.publish(&retry, Declare::CeleryQueue).await {
             Ok(()) => {
@@ -284,7 +403,9 @@ impl Executor {
             }
             Err(e) => {
                 warn!(error = %e, "could not publish the retry; the message goes back to the queue");
-                Settle::Requeue
+                Settle::Requeue {
+                    problem: format!("publishing the retry: {e}"),
+                }
             }
         }
     }
@@ -311,7 +432,9 @@ impl Executor {
             }
             Err(e) => {
                 warn!(error = %e, "could not park a delayed task; it goes back to the queue");
-                Settle::Requeue
+                Settle::Requeue {
+                    problem: format!("parking the delayed task: {e}"),
+                }
             }
         }
     }
@@ -367,8 +490,78 @@ impl Executor {
             }
             Err(e) => {
                 error!(queue, error = %e, "could not dead-letter a message; requeueing it");
-                Settle::Requeue
+                Settle::Requeue {
+                    problem: format!("dead-lettering: {e}"),
+                }
             }
         }
     }
+
+    /// Store REVOKED and say so when the message's expiry has passed.
+    async fn expired(&self, message: &TaskMessage, origin: Origin<'_>) -> bool {
+        match message.expires {
+            Some(expires) if Utc::now() > expires => {
+                info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
+                self.results
+                    .write(ResultMeta::revoked(&TaskError::expired(), origin))
+                    .await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A message that cannot be settled the normal way: to the dead-letter queue, with FAILURE
+    /// stored under its id when it has one.
+    async fn park_unsettled(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        reason: &str,
+        err: &TaskError,
+    ) -> Settle {
+        let table = delivery.properties.headers().clone().unwrap_or_default();
+        let message = top_level_id(delivery)
+            .map(|id| TaskMessage::minimal(&id, top_level_string(&table, "task").as_deref()));
+        let origin = message.as_ref().map(|m| self.origin(m, queue));
+        self.dead_letter_then_fail(queue, delivery, reason, err, origin)
+            .await
+    }
+}
+
+/// Whether a job's result lists per-row errors (`{"errors": [...]}`, StaffProBot's reports): the
+/// run did its work, and what it could not do is in the result, counted for alerts.
+fn reports_errors(value: &Value) -> bool {
+    value
+        .get("errors")
+        .and_then(Value::as_array)
+        .is_some_and(|e| !e.is_empty())
+}
+
+/// A top-level string header, read without converting the table.
+fn top_level_string(table: &lapin::types::FieldTable, name: &str) -> Option<String> {
+    match table.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => {
+            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The task id a delivery carries (`id` header, else the correlation id), if any.
+fn top_level_id(delivery: &Delivery) -> Option<String> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|t| top_level_string(t, "id"))
+        .or_else(|| {
+            delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+        })
+        .filter(|id| !id.is_empty())
 }

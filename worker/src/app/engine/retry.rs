@@ -9,22 +9,34 @@
 use std::time::Duration;
 
 use crate::wire::TaskError;
+use crate::wire::outgoing::MAX_DELAY;
 
 /// Backoff of transient errors: 2 s, 4 s, 8 s ... capped, then jittered.
 const BASE: Duration = Duration::from_secs(2);
 const CAP: Duration = Duration::from_secs(300);
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Decision {
-    Retry { countdown: Duration },
-    Fail,
+    Retry {
+        countdown: Duration,
+    },
+    /// Store FAILURE with this error.
+    Fail(TaskError),
 }
 
 pub(crate) fn decide(err: &TaskError, retries: u32, max_retries: u32) -> Decision {
     if retries >= max_retries {
-        return Decision::Fail;
+        return Decision::Fail(err.clone());
     }
     if let Some(countdown) = err.retry_in {
+        if countdown > MAX_DELAY {
+            return Decision::Fail(TaskError::value_error(format!(
+                "retry countdown of {} s is longer than the longest delay, {} s (about 8.5 years); \
+                 the task failed with: {err}",
+                countdown.as_secs(),
+                MAX_DELAY.as_secs()
+            )));
+        }
         return Decision::Retry { countdown };
     }
     if err.transient {
@@ -35,7 +47,7 @@ pub(crate) fn decide(err: &TaskError, retries: u32, max_retries: u32) -> Decisio
             countdown: exp.mul_f64(jitter),
         };
     }
-    Decision::Fail
+    Decision::Fail(err.clone())
 }
 
 #[cfg(test)]
@@ -54,11 +66,12 @@ mod tests {
                         "{countdown:?} vs {full:?}"
                     );
                 }
-                Decision::Fail => panic!("retry {retries} should be retried"),
+                Decision::Fail(_) => panic!("retry {retries} should be retried"),
             }
         }
-        assert_eq!(decide(&e, 5, 5), Decision::Fail);
-        assert_eq!(decide(&TaskError::value_error("bad"), 0, 5), Decision::Fail);
+        assert_eq!(decide(&e, 5, 5), Decision::Fail(e.clone()));
+        let bad = TaskError::value_error("bad");
+        assert_eq!(decide(&bad, 0, 5), Decision::Fail(bad.clone()));
     }
 
     #[test]
@@ -70,5 +83,17 @@ mod tests {
                 countdown: Duration::from_secs(7)
             }
         );
+    }
+
+    #[test]
+    fn absurd_countdowns_fail_instead_of_overflowing() {
+        let e = TaskError::value_error("later").retry_in(Duration::from_secs_f64(1e13));
+        match decide(&e, 0, 3) {
+            Decision::Fail(f) => {
+                assert_eq!(f.exc_type, "ValueError");
+                assert!(f.message.contains("longest delay"), "{}", f.message);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

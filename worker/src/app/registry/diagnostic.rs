@@ -1,5 +1,7 @@
 //! Diagnostic tasks for operators and tests: `worker.ping`, `worker.echo`, `worker.sleep`,
 //! `worker.fail`. They touch no database, so they show whether the worker itself is healthy.
+//! They run only with `WORKER_DIAGNOSTIC_TASKS=true`: they would otherwise run on every queue a
+//! production worker consumes, for anyone who can publish there. None blocks a thread.
 
 use std::time::Duration;
 
@@ -54,11 +56,8 @@ pub(crate) struct Sleep;
 #[derive(Debug, Deserialize)]
 pub(crate) struct SleepArgs {
     seconds: f64,
-    /// Block the thread instead of awaiting: a job that cannot be cancelled (hard time limit).
-    #[serde(default)]
-    blocking: bool,
 }
-job_args!(SleepArgs, ["seconds", "blocking"]);
+job_args!(SleepArgs, ["seconds"]);
 
 impl Job for Sleep {
     const NAME: &'static str = "worker.sleep";
@@ -75,12 +74,7 @@ impl Job for Sleep {
                 args.seconds
             )));
         }
-        let duration = Duration::from_secs_f64(args.seconds);
-        if args.blocking {
-            std::thread::sleep(duration);
-        } else {
-            tokio::time::sleep(duration).await;
-        }
+        tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
         Ok(json!({"slept": args.seconds}))
     }
 }

@@ -128,14 +128,18 @@ impl Registry {
 
 /// Every job this binary runs: the diagnostic tasks, then StaffProBot's. Without a job context
 /// the registry can name and route tasks but not run StaffProBot's.
-pub(crate) fn registry(jobs: Option<Arc<jobs::Context>>) -> Registry {
+/// The diagnostic tasks only when `diagnostics` is set (`WORKER_DIAGNOSTIC_TASKS`).
+pub(crate) fn registry(jobs: Option<Arc<jobs::Context>>, diagnostics: bool) -> Registry {
     let mut registry = Registry::new();
-    diagnostic::register(&mut registry);
+    if diagnostics {
+        diagnostic::register(&mut registry);
+    }
     staffprobot::register(&mut registry, jobs);
     registry
 }
 
-/// The registry for naming and routing (`worker send`, `tasks`, the scheduler's validation).
+/// Every task name this binary knows, for naming and routing (`worker send`, `tasks`, the
+/// scheduler's validation), whether or not a running worker enables the diagnostic ones.
 pub(crate) fn catalogue() -> Registry {
-    registry(None)
+    registry(None, true)
 }
