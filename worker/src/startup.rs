@@ -43,7 +43,8 @@ use crate::settings::{
 };
 use crate::shutdown::{Phase, Shutdown};
 
-/// Everything the service is built from.
+/// Everything the service is built from. `Debug` is derived: the settings that hold secrets
+/// ([`ConnectionSettings`], [`JobSettings`]) redact their own.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub connections: ConnectionSettings,
