@@ -6,12 +6,19 @@
 //! of lines runs dry: the threads that run tasks never block on `write(2)`, and a burst of task
 //! lines costs one system call, not one per line. The queue is not lossy (a full queue makes the
 //! logging thread wait, it never drops a line); [`flush`] writes what is left before exit.
+//!
+//! Every line goes through [`redact_text`] on its way out, whoever wrote it: our own lines
+//! already print URLs redacted, but an error chain from lapin, sqlx or redis may quote a URL
+//! with its password, and a library's own lines are not ours to word.
 
-use std::io::{BufWriter, IsTerminal};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::sync::Mutex;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::settings::redact_text;
 
 /// Lines waiting for the writer thread before a logging thread has to wait.
 const LINES_QUEUED: usize = 4096;
@@ -35,7 +42,7 @@ pub(crate) fn init() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(!json && std::io::stderr().is_terminal())
-        .with_writer(writer);
+        .with_writer(Redacting(writer));
     let result = if json {
         builder
             .json()
@@ -55,4 +62,34 @@ pub(crate) fn init() {
 pub(crate) fn flush() {
     let guard = WRITER.lock().unwrap_or_else(|p| p.into_inner()).take();
     drop(guard);
+}
+
+/// The log writer with secrets masked (see the module notes).
+struct Redacting(NonBlocking);
+
+impl<'a> MakeWriter<'a> for Redacting {
+    type Writer = RedactingLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingLine(self.0.clone())
+    }
+}
+
+/// One event's line: the formatter hands it over whole, in one `write`.
+struct RedactingLine(NonBlocking);
+
+impl Write for RedactingLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(line) if line.contains("://") || line.contains("/bot") => {
+                self.0.write_all(redact_text(line).as_bytes())?
+            }
+            _ => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use tracing::{info, warn};
 
-use crate::settings::redact_url;
+use crate::settings::{redact_text, redact_url};
 
 /// How long the startup probe waits for PostgreSQL.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -88,7 +88,7 @@ fn options(url: &str) -> Result<PgConnectOptions, DatabaseError> {
                 if text.contains(url) {
                     "cannot parse it".into()
                 } else {
-                    text
+                    redact_text(&text)
                 }
             }
             _ => "cannot parse it".into(),
@@ -141,7 +141,7 @@ pub(crate) async fn create_and_migrate(url: &str) -> Result<(), DatabaseError> {
     pool.close().await;
     migrated.map_err(|e| DatabaseError::Migrate {
         url: redact_url(url),
-        reason: e.to_string(),
+        reason: redact_text(&e.to_string()),
     })?;
     info!(database = %name, "database schema is up to date");
     Ok(())
