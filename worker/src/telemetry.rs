@@ -2,6 +2,10 @@
 //! `json` or `text`, and defaults to JSON when stderr is not a terminal (containers, CI) so
 //! that log shippers get structured lines with the task span's fields.
 //!
+//! lapin's own lines are off unless `RUST_LOG` names `lapin` (`RUST_LOG=info,lapin=warn`): it
+//! logs two or three ERROR lines of its own for every failed connection attempt, each saying
+//! again what our one warning per attempt says, with the error lapin returns to us.
+//!
 //! Lines are written by a dedicated thread through a buffer that is flushed whenever the queue
 //! of lines runs dry: the threads that run tasks never block on `write(2)`, and a burst of task
 //! lines costs one system call, not one per line. The queue is not lossy (a full queue makes the
@@ -27,7 +31,7 @@ const LINES_QUEUED: usize = 4096;
 static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 pub(crate) fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     let json = match std::env::var("LOG_FORMAT").ok().as_deref() {
         Some("json") => true,
         Some("text") => false,
@@ -55,6 +59,19 @@ pub(crate) fn init() {
     // Already initialised (tests call this more than once): keep the first.
     if result.is_ok() {
         *WRITER.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+    }
+}
+
+/// The filter `RUST_LOG` asks for (`info` when unset or invalid), with lapin off unless named.
+fn filter(rust_log: Option<&str>) -> EnvFilter {
+    let spec = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    let filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    if spec.contains("lapin") {
+        return filter;
+    }
+    match "lapin=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
     }
 }
 
@@ -91,5 +108,21 @@ impl Write for RedactingLine {
 
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapin_is_off_unless_named() {
+        assert_eq!(filter(None).to_string(), "lapin=off,info");
+        assert_eq!(filter(Some("debug")).to_string(), "lapin=off,debug");
+        assert_eq!(
+            filter(Some("info,lapin=warn")).to_string(),
+            "lapin=warn,info"
+        );
+        assert_eq!(filter(Some("not==valid")).to_string(), "lapin=off,info");
     }
 }
