@@ -1,7 +1,9 @@
 //! The composition root: the one place that builds the service from its settings.
 //!
-//! [`Worker::build`] connects what must be connected before anything runs (Redis; PostgreSQL
-//! only with `--migrate`), validates the schedules file, binds the HTTP server and wires the
+//! [`Worker::build`] first checks that every URL it will use parses (a malformed one would
+//! otherwise be retried forever as "unreachable"), then connects what must be connected before
+//! anything runs (Redis; PostgreSQL only with `--migrate`), validates the schedules file, binds
+//! the HTTP server and wires the
 //! parts together; what it returns says where it listens ([`Worker::http_addr`]) and what it
 //! consumes ([`Worker::queues`]). [`Worker::run_until_stopped`] then runs everything through the
 //! phases of a [`Shutdown`]:
@@ -27,12 +29,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::adapters::broker::BrokerError;
+use crate::adapters::broker::connection;
 use crate::adapters::broker::consumer::{self, ConsumerControl};
 use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::delay::{self, DelayedStore};
 use crate::adapters::http::{self, BrokerProbe, Dependencies, HttpState, SchedulesSource};
 use crate::adapters::postgres::{self, DatabaseError};
-use crate::adapters::redis_conn::{self, RedisConnectError};
+use crate::adapters::redis_conn::{self, InvalidRedisUrl, RedisConnectError};
 use crate::adapters::results::{ResultStore, ResultWriter};
 use crate::app::engine::{self, Executor, ExecutorSettings};
 use crate::app::registry::{Registry, catalogue, registry};
@@ -64,9 +68,14 @@ pub struct Consume {
     pub migrate: bool,
 }
 
-/// Why the service could not be built.
+/// Why the service could not be built, or could not start after all (the broker refused the
+/// login or the vhost before the first connection).
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    RedisUrl(#[from] InvalidRedisUrl),
     #[error(transparent)]
     Redis(#[from] RedisConnectError),
     #[error(transparent)]
@@ -109,6 +118,7 @@ pub struct Worker {
 impl Worker {
     /// Connect and wire every part; nothing runs until [`Worker::run_until_stopped`].
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        check_urls(&settings)?;
         let conn = &settings.connections;
         let hostname = settings.consume.as_ref().map_or_else(
             || format!("scheduler@{}", settings::hostname()),
@@ -231,8 +241,10 @@ impl Worker {
         self.engine.as_ref().map_or(&[], |e| e.queues.as_slice())
     }
 
-    /// Run until `shutdown` begins, then stop phase by phase (see [`crate::shutdown`]).
-    pub async fn run_until_stopped(self, shutdown: Shutdown) {
+    /// Run until `shutdown` begins, then stop phase by phase (see [`crate::shutdown`]). An
+    /// error means the service could not start after all: the broker refused the login or the
+    /// vhost before the first connection (the shutdown is then begun by the consumer).
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), StartupError> {
         let Self {
             hostname,
             grace,
@@ -276,7 +288,7 @@ impl Worker {
             }),
         };
 
-        match engine {
+        let refused = match engine {
             Some(engine) => {
                 background.push(tokio::spawn(
                     Arc::clone(&engine.results).run_flusher(shutdown.clone()),
@@ -322,14 +334,15 @@ impl Worker {
                 }
                 shutdown.advance(Phase::Settle);
                 shutdown.advance(Phase::CloseBroker);
-                let _ = consumer.await;
+                consumer.await.unwrap_or(Ok(()))
             }
             None => {
                 ready.write();
                 shutdown.reached(Phase::StopIntake).await;
                 shutdown.advance(Phase::CloseBroker);
+                Ok(())
             }
-        }
+        };
 
         shutdown.advance(Phase::StopBackground);
         for handle in background {
@@ -337,7 +350,20 @@ impl Worker {
         }
         shutdown.advance(Phase::Stopped);
         info!("worker stopped");
+        refused.map_err(StartupError::from)
     }
+}
+
+/// Every URL the service will connect to parses as its client will parse it, before anything
+/// connects: DATABASE_URL only where jobs run.
+fn check_urls(settings: &Settings) -> Result<(), StartupError> {
+    let conn = &settings.connections;
+    connection::parse_url(&conn.rabbitmq_url)?;
+    redis_conn::check_url(&conn.redis_url_with_db())?;
+    if settings.consume.is_some() {
+        postgres::check_url(&conn.database_url_for_sqlx())?;
+    }
+    Ok(())
 }
 
 /// The jobs' registry, with the jobs' context on one lazily connected PostgreSQL pool that

@@ -21,7 +21,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
     #[error(
-        "DATABASE_URL is not a valid PostgreSQL URL ({0}); expected postgresql://user@host:5432/dbname"
+        "DATABASE_URL is not a valid PostgreSQL URL ({0}); expected postgresql://user:password@host:5432/dbname, with any / ? # @ : % in the password percent-encoded"
     )]
     InvalidUrl(String),
     #[error(
@@ -79,7 +79,27 @@ impl DatabaseError {
     }
 }
 
+/// Whether `url` (as sqlx takes it, `+asyncpg` removed) is a PostgreSQL URL; nothing connects.
+pub(crate) fn check_url(url: &str) -> Result<(), DatabaseError> {
+    options(url).map(drop)
+}
+
 fn options(url: &str) -> Result<PgConnectOptions, DatabaseError> {
+    // sqlx takes any scheme; `http://...` is a mistake, not a database.
+    match url.split_once("://") {
+        Some(("postgres" | "postgresql", _)) => {}
+        Some((scheme, _))
+            if scheme.len() <= 16
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
+        {
+            return Err(DatabaseError::InvalidUrl(format!(
+                "the scheme is {scheme}, not postgresql"
+            )));
+        }
+        _ => return Err(DatabaseError::InvalidUrl("not a URL".into())),
+    }
     PgConnectOptions::from_str(url).map_err(|e| {
         DatabaseError::InvalidUrl(match e {
             sqlx::Error::Configuration(c) => {
@@ -192,7 +212,16 @@ mod tests {
 
     #[test]
     fn an_invalid_url_does_not_echo_the_password() {
-        let e = options("postgresql://u:s3cret@h:notaport/db").unwrap_err();
-        assert!(!e.to_string().contains("s3cret"), "{e}");
+        for url in [
+            "postgresql://u:s3cret@h:notaport/db",
+            "postgresql://u:Zq7u/s3cret?Mw#Tp@Rv:%2Fw@h:5432/db",
+            "http://u:s3cret@h/db",
+            "not a url s3cret",
+        ] {
+            let e = options(url).unwrap_err().to_string();
+            assert!(e.starts_with("DATABASE_URL is not a valid"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        assert!(check_url("postgres://u:p%2Fw@h:5432/db?password=x").is_ok());
     }
 }

@@ -53,6 +53,6 @@ pub(crate) async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Res
     let worker = Worker::build(args.startup_settings(conn)).await?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
-    worker.run_until_stopped(shutdown).await;
+    worker.run_until_stopped(shutdown).await?;
     Ok(Outcome::Success)
 }

@@ -99,6 +99,6 @@ pub(crate) async fn run_alone(
     let worker = Worker::build(settings).await?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
-    worker.run_until_stopped(shutdown).await;
+    worker.run_until_stopped(shutdown).await?;
     Ok(Outcome::Success)
 }
