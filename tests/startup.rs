@@ -292,3 +292,33 @@ fn worker_migrate_creates_a_missing_database() {
     assert!(again.status.success(), "{}", stderr(&again));
     rt.block_on(db.drop_now());
 }
+
+/// kombu publishes with 128 KiB frames, and a content header (properties and Celery's headers)
+/// must fit in one frame: the worker's default frame size takes what a Python client sends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_whose_headers_exceed_16_kib_is_run() {
+    use lapin::types::AMQPValue;
+    use worker::wire::OutgoingTask;
+
+    let queue = unique("big-headers");
+    // (With `?frame_max=16384` in RABBITMQ_URL, this message is a FRAME-ERROR on every
+    // connection.)
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("DATABASE_URL", PG_ADMIN_URL)],
+    );
+    let task = OutgoingTask::new("worker.ping", Vec::new(), serde_json::Map::new());
+    let message = task_message(&queue, &task);
+    let props = message.amqp_properties();
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-padding".into(),
+        AMQPValue::LongString("x".repeat(40 * 1024).into()),
+    );
+    let (_c, channel) = amqp().await;
+    publish_raw(&channel, &queue, &message.body, props.with_headers(headers)).await;
+    let done = wait_result(&task.id, Some("SUCCESS"), Duration::from_secs(20)).await;
+    assert!(done.is_some(), "no SUCCESS; log:\n{}", worker.logs());
+    assert!(!worker.logs().contains("reconnecting"), "{}", worker.logs());
+    delete_queue(&channel, &queue).await;
+}
