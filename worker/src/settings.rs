@@ -257,6 +257,9 @@ pub struct ServiceSettings {
     #[arg(long, env = "WORKER_NO_HTTP")]
     pub no_http: bool,
 
+    #[command(flatten)]
+    pub http: HttpSettings,
+
     /// Once the process works (consuming, or the scheduler running), write this JSON file:
     /// `{"pid", "http_addr", "queues", "hostname"}`. For supervisors and tests that need to know
     /// when the worker is up and where its HTTP server listens (with port 0).
@@ -267,6 +270,55 @@ pub struct ServiceSettings {
 impl ServiceSettings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
+    }
+}
+
+/// Who may use the HTTP server and how much of it one client can hold.
+#[derive(Clone, Args)]
+pub struct HttpSettings {
+    /// Token for every path except /healthz, /readyz and /metrics: `Authorization: Bearer
+    /// <token>`, or HTTP basic auth with the token as password (any user name). Unset or
+    /// empty: no authentication.
+    #[arg(long, env = "WORKER_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+
+    /// Require the token for /metrics too (give it to the Prometheus scrape job).
+    #[arg(long, env = "WORKER_HTTP_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub http_metrics_auth: bool,
+
+    /// Seconds a request may take: to send its headers (a kept-alive connection may stay idle
+    /// as long) and to be answered.
+    #[arg(long, env = "WORKER_HTTP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_timeout: u64,
+
+    /// Connections served at once; more wait in the listen backlog until one ends.
+    #[arg(long, env = "WORKER_HTTP_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub http_max_connections: u32,
+}
+
+impl HttpSettings {
+    /// The token, when one is set and not blank.
+    pub fn token(&self) -> Option<&str> {
+        self.http_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.http_timeout)
+    }
+}
+
+// By hand: a derived Debug would print the token.
+impl fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("http_token", &self.token().map(|_| "***"))
+            .field("http_metrics_auth", &self.http_metrics_auth)
+            .field("http_timeout", &self.http_timeout)
+            .field("http_max_connections", &self.http_max_connections)
+            .finish()
     }
 }
 

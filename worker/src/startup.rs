@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +33,9 @@ use crate::adapters::broker::connection;
 use crate::adapters::broker::consumer::{self, ConsumerControl};
 use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::delay::{self, DelayedStore};
-use crate::adapters::http::{self, BrokerProbe, Dependencies, HttpState, SchedulesSource};
+use crate::adapters::http::{
+    self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource,
+};
 use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::redis_conn::{self, InvalidRedisUrl, RedisConnectError};
 use crate::adapters::results::{ResultStore, ResultWriter};
@@ -107,7 +108,7 @@ pub struct Worker {
     hostname: String,
     grace: Duration,
     ready_file: Option<PathBuf>,
-    http: Option<(TcpListener, SocketAddr, HttpState)>,
+    http: Option<HttpServer>,
     publisher: Arc<Publisher>,
     dependencies: Arc<Dependencies>,
     scheduler: Option<SchedulerService>,
@@ -198,9 +199,6 @@ impl Worker {
             None
         } else {
             let addr = settings.service.http_addr;
-            let (listener, bound) = http::bind(addr)
-                .await
-                .map_err(|source| StartupError::Http { addr, source })?;
             let schedules = scheduler.as_ref().map(|s| {
                 let reporter = s.reporter();
                 let source: SchedulesSource = Arc::new(move || {
@@ -215,7 +213,10 @@ impl Worker {
                 dependencies: Arc::clone(&dependencies),
                 schedules,
             };
-            Some((listener, bound, state))
+            let server = HttpServer::bind(addr, state, &settings.service.http)
+                .await
+                .map_err(|source| StartupError::Http { addr, source })?;
+            Some(server)
         };
 
         Ok(Self {
@@ -233,7 +234,7 @@ impl Worker {
 
     /// Where the HTTP server listens (`None` with `--no-http`).
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(|(_, addr, _)| *addr)
+        self.http.as_ref().map(HttpServer::addr)
     }
 
     /// The queues this worker consumes (none for the scheduler alone).
@@ -256,7 +257,7 @@ impl Worker {
             engine,
             consuming,
         } = self;
-        let http_addr = http.as_ref().map(|(_, addr, _)| *addr);
+        let http_addr = http.as_ref().map(HttpServer::addr);
         let queues = engine
             .as_ref()
             .map(|e| e.queues.clone())
@@ -266,8 +267,8 @@ impl Worker {
             dependencies,
             shutdown.clone(),
         ))];
-        if let Some((listener, _, state)) = http {
-            background.push(tokio::spawn(http::serve(listener, state, shutdown.clone())));
+        if let Some(server) = http {
+            background.push(tokio::spawn(server.serve(shutdown.clone())));
         }
         let scheduler_running = scheduler.is_some();
         if let Some(scheduler) = scheduler {
