@@ -48,14 +48,20 @@ pub(crate) struct HttpState {
 
 /// The routes, behind the token check and the request timeout.
 fn router(state: HttpState, http: &HttpSettings) -> Router {
-    let timeout = http.timeout();
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/results/{id}", get(result))
         .route("/schedules", get(schedules))
-        .with_state(state)
+        .with_state(state);
+    protected(routes, http)
+}
+
+/// `routes` behind the token check (every path, unmatched ones included) and the timeout.
+fn protected(routes: Router, http: &HttpSettings) -> Router {
+    let timeout = http.timeout();
+    routes
         .layer(middleware::from_fn_with_state(
             Arc::new(auth::Access::new(http)),
             auth::require_token,
@@ -155,7 +161,11 @@ async fn result(State(state): State<HttpState>, Path(id): Path<String>) -> Respo
     match state.results.get_raw(&id).await {
         Ok(Some(doc)) => Json(doc).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": format!("no result stored for task {id}: it is pending, unknown, or expired")}))).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))).into_response(),
+        Err(e) => {
+            // The details are for the log, not for whoever asks.
+            warn!(task_id = %id, error = %e, "cannot read a result for /results");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "cannot read results from Redis"}))).into_response()
+        }
     }
 }
 
@@ -167,5 +177,70 @@ async fn schedules(State(state): State<HttpState>) -> Response {
             Json(json!({"error": "the scheduler is not running in this process"})),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn settings(token: Option<&str>, timeout: u64) -> HttpSettings {
+        HttpSettings {
+            http_token: token.map(str::to_owned),
+            http_metrics_auth: false,
+            http_timeout: timeout,
+            http_max_connections: 256,
+        }
+    }
+
+    async fn status(app: &Router, path: &str, auth: Option<&str>) -> StatusCode {
+        let mut request = Request::get(path);
+        if let Some(value) = auth {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        response.status()
+    }
+
+    #[tokio::test]
+    async fn a_handler_slower_than_the_timeout_is_answered_503() {
+        let routes = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    "late"
+                }),
+            )
+            .route("/healthz", get(|| async { "ok" }));
+        let app = protected(routes, &settings(None, 1));
+        assert_eq!(
+            status(&app, "/slow", None).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(&app, "/healthz", None).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_token_guards_unmatched_paths_too() {
+        let routes = Router::new().route("/healthz", get(|| async { "ok" }));
+        let app = protected(routes, &settings(Some("t0ken"), 10));
+        assert_eq!(status(&app, "/healthz", None).await, StatusCode::OK);
+        assert_eq!(
+            status(&app, "/elsewhere", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&app, "/elsewhere", Some("Bearer t0ken")).await,
+            StatusCode::NOT_FOUND
+        );
     }
 }
