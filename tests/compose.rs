@@ -42,6 +42,10 @@ const LEFT_TO_THE_WORKER: &[(&str, &str)] = &[
         "the image sets it; the compose file mounts over that path",
     ),
     (
+        "WORKER_DIAGNOSTIC_TASKS",
+        "off in production: the diagnostic tasks would run on every queue for anyone who can publish",
+    ),
+    (
         "WORKER_MIGRATE",
         "compose migrates in its one-shot `migrate` service, which the worker waits for",
     ),

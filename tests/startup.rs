@@ -1,5 +1,6 @@
 //! Startup: an unreachable broker is logged with its URL (password hidden) and retried with
-//! backoff; the process does not panic or exit.
+//! backoff, one line per attempt; a setting that cannot work — a URL that does not parse, a
+//! login the broker refuses — ends the process at once with exit 2 and a message naming it.
 
 mod harness;
 
@@ -19,7 +20,9 @@ fn unreachable_broker_is_retried_with_a_redacted_url() {
         .env("REDIS_URL", REDIS_URL)
         .env("LOG_FORMAT", "text")
         .env("WORKER_NO_SCHEDULER", "true")
+        .env("WORKER_HTTP_ADDR", "127.0.0.1:0")
         .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
@@ -32,12 +35,99 @@ fn unreachable_broker_is_retried_with_a_redacted_url() {
     assert!(alive, "the worker exited:\n{text}");
     assert!(text.contains("RabbitMQ is unreachable; retrying"), "{text}");
     assert!(text.contains("amqp://admin:***@127.0.0.1:1/%2f"), "{text}");
-    assert!(
-        text.matches("RabbitMQ is unreachable").count() >= 2,
-        "retried: {text}"
-    );
     assert!(!text.contains("s3cr3t-pw"), "password leaked: {text}");
     assert!(!text.contains("panicked"), "{text}");
+    // One line per attempt, numbered 1, 2, 3...; nothing from lapin, no ERROR line.
+    let attempts: Vec<u32> = text
+        .lines()
+        .filter(|l| l.contains("RabbitMQ"))
+        .filter(|l| !l.contains("starting worker"))
+        .map(|l| {
+            assert!(l.contains("RabbitMQ is unreachable; retrying"), "{l}");
+            l.split("attempt=")
+                .nth(1)
+                .and_then(|a| a.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no attempt number: {l}"))
+        })
+        .collect();
+    assert!(attempts.len() >= 2, "retried: {text}");
+    assert_eq!(
+        attempts,
+        (1..=attempts.len() as u32).collect::<Vec<_>>(),
+        "{text}"
+    );
+    assert!(!text.contains("lapin"), "lapin's own lines:\n{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
+
+/// `worker run` with `env`, which must exit 2 within a couple of seconds; its stderr.
+fn exits_2_at_once(env: &[(&str, &str)]) -> String {
+    let mut all = vec![
+        ("REDIS_URL", REDIS_URL),
+        ("RABBITMQ_URL", RABBITMQ_URL),
+        ("DATABASE_URL", PG_ADMIN_URL),
+    ];
+    all.extend_from_slice(env);
+    let run = run_for(
+        &["run", "--queues", &unique("never")],
+        &all,
+        Duration::from_secs(10),
+    );
+    assert_eq!(run.code, Some(2), "{env:?}: {}", run.stderr);
+    assert!(
+        run.elapsed < Duration::from_secs(3),
+        "{env:?} took {:?}: {}",
+        run.elapsed,
+        run.stderr
+    );
+    run.stderr
+}
+
+#[test]
+fn malformed_urls_exit_2_naming_the_setting() {
+    for (setting, value, expected) in [
+        ("RABBITMQ_URL", "not a url", "amqp://"),
+        ("RABBITMQ_URL", "http://localhost:5672", "amqp://"),
+        (
+            "RABBITMQ_URL",
+            "amqp://guest:Zq7u/Kx9?Mw#Tp@Rv:%2Fw@127.0.0.1:5672/%2f",
+            "percent-encoded",
+        ),
+        ("REDIS_URL", "127.0.0.1:6379", "redis://"),
+        ("REDIS_URL", "redis://:pw@127.0.0.1:notaport", "redis://"),
+        (
+            "DATABASE_URL",
+            "postgresql://postgres@127.0.0.1:notaport/x",
+            "postgresql://",
+        ),
+        ("DATABASE_URL", "http://127.0.0.1:5432/x", "postgresql://"),
+    ] {
+        let stderr = exits_2_at_once(&[(setting, value)]);
+        assert!(
+            stderr.contains(&format!("{setting} is not a valid")),
+            "{setting}={value}: {stderr}"
+        );
+        assert!(stderr.contains(expected), "says what is expected: {stderr}");
+        assert!(!stderr.contains("Kx9"), "{stderr}");
+        assert!(!stderr.contains("unreachable"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_wrong_rabbitmq_password_exits_2_saying_authentication_failed() {
+    let stderr = exits_2_at_once(&[(
+        "RABBITMQ_URL",
+        "amqp://guest:wrong-pw-9183@127.0.0.1:5672/%2f",
+    )]);
+    assert!(
+        stderr
+            .contains("authentication failed for user guest at 127.0.0.1:5672: check RABBITMQ_URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unreachable"), "{stderr}");
+    assert!(!stderr.contains("wrong-pw-9183"), "{stderr}");
+    assert!(!stderr.contains("lapin"), "{stderr}");
 }
 
 /// The arguments of the README's first command (`cargo run ... -p worker -- ARGS  # comment`).
@@ -178,6 +268,12 @@ async fn a_missing_database_is_named_at_startup_and_the_worker_still_runs() {
     assert_eq!(readyz.status(), 503);
     let body: serde_json::Value = readyz.json().await.unwrap();
     assert_eq!(body["checks"]["postgres"]["ok"], false, "{body}");
+    // A fixed phrase, not the server's text (which names the database).
+    assert_eq!(
+        body["checks"]["postgres"]["error"], "database missing",
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&db.name), "{body}");
     assert_eq!(body["checks"]["broker"]["ok"], true, "{body}");
 }
 
@@ -201,4 +297,34 @@ fn worker_migrate_creates_a_missing_database() {
         .unwrap();
     assert!(again.status.success(), "{}", stderr(&again));
     rt.block_on(db.drop_now());
+}
+
+/// kombu publishes with 128 KiB frames, and a content header (properties and Celery's headers)
+/// must fit in one frame: the worker's default frame size takes what a Python client sends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_whose_headers_exceed_16_kib_is_run() {
+    use lapin::types::AMQPValue;
+    use worker::wire::OutgoingTask;
+
+    let queue = unique("big-headers");
+    // (With `?frame_max=16384` in RABBITMQ_URL, this message is a FRAME-ERROR on every
+    // connection.)
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("DATABASE_URL", PG_ADMIN_URL)],
+    );
+    let task = OutgoingTask::new("worker.ping", Vec::new(), serde_json::Map::new());
+    let message = task_message(&queue, &task);
+    let props = message.amqp_properties();
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-padding".into(),
+        AMQPValue::LongString("x".repeat(40 * 1024).into()),
+    );
+    let (_c, channel) = amqp().await;
+    publish_raw(&channel, &queue, &message.body, props.with_headers(headers)).await;
+    let done = wait_result(&task.id, Some("SUCCESS"), Duration::from_secs(20)).await;
+    assert!(done.is_some(), "no SUCCESS; log:\n{}", worker.logs());
+    assert!(!worker.logs().contains("reconnecting"), "{}", worker.logs());
+    delete_queue(&channel, &queue).await;
 }

@@ -162,3 +162,58 @@ pub fn cli(args: &[&str]) -> Output {
         .output()
         .expect("run worker CLI")
 }
+
+/// What a worker process run by [`run_for`] did.
+pub struct Finished {
+    /// The exit code; `None` when it was still running at the deadline and was killed.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Run the worker binary with `args` and `env` (over a bare environment pointing at nothing
+/// but what `env` names, plus text logs) until it exits or `max` passes; then kill it.
+pub fn run_for(args: &[&str], env: &[(&str, &str)], max: Duration) -> Finished {
+    let name = unique("run-for");
+    let out_path = std::env::temp_dir().join(format!("{name}.out"));
+    let err_path = std::env::temp_dir().join(format!("{name}.err"));
+    let out = std::fs::File::create(&out_path).expect("create stdout file");
+    let err = std::fs::File::create(&err_path).expect("create stderr file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
+    cmd.args(args)
+        .env("LOG_FORMAT", "text")
+        .env("NO_COLOR", "1")
+        .env("WORKER_HTTP_ADDR", "127.0.0.1:0")
+        .env("WORKER_NO_SCHEDULER", "true")
+        .env_remove("RUST_LOG")
+        .stdout(out)
+        .stderr(err);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn worker binary");
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if start.elapsed() >= max {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let finished = Finished {
+        code,
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+        elapsed,
+    };
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    finished
+}

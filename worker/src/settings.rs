@@ -5,8 +5,15 @@
 //! Defaults point at the stock local services (RabbitMQ guest:guest, Redis and PostgreSQL on
 //! localhost) so that `worker run` works on a developer machine out of the box; production sets
 //! every variable explicitly. Secrets live inside URLs: anything that prints a URL goes through
-//! [`redact_url`], and clap is told never to echo the values of those variables in `--help`.
+//! [`redact_url`] (any text that may quote one, through [`redact_text`]), clap is told never to
+//! echo the values of those variables in `--help`, and the settings that hold a secret write
+//! their `Debug` by hand so that `{:?}` cannot print one either.
 
+mod redact;
+
+pub use redact::{redact_text, redact_url};
+
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +22,7 @@ use chrono_tz::Tz;
 use clap::Args;
 
 /// Where the services are. Shared by every subcommand.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct ConnectionSettings {
     /// RabbitMQ URL (vhost `/` when the path is empty).
     #[arg(
@@ -72,6 +79,22 @@ pub struct ConnectionSettings {
         global = true
     )]
     pub key_prefix: String,
+}
+
+// By hand: a derived Debug would print the URLs' passwords.
+impl fmt::Debug for ConnectionSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSettings")
+            .field("rabbitmq_url", &redact_url(&self.rabbitmq_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_db", &self.redis_db)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("default_timezone", &self.default_timezone)
+            .field("result_expires", &self.result_expires)
+            .field("result_key_prefix", &self.result_key_prefix)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 impl ConnectionSettings {
@@ -192,7 +215,7 @@ impl RunSettings {
 }
 
 /// What StaffProBot's jobs need beyond the connections.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct JobSettings {
     /// Telegram Bot API token; unset (or empty) turns Telegram delivery off, with one warning.
     #[arg(long, env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
@@ -205,6 +228,20 @@ pub struct JobSettings {
     /// process-reminders reminds of shifts starting within this many hours.
     #[arg(long, env = "REMINDER_HOURS_BEFORE", default_value_t = 2)]
     pub reminder_hours_before: u32,
+}
+
+// By hand: a derived Debug would print the bot token.
+impl fmt::Debug for JobSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobSettings")
+            .field(
+                "telegram_bot_token",
+                &self.telegram_bot_token.as_ref().map(|_| "***"),
+            )
+            .field("telegram_api_url", &redact_url(&self.telegram_api_url))
+            .field("reminder_hours_before", &self.reminder_hours_before)
+            .finish()
+    }
 }
 
 /// Where the schedules are.
@@ -235,6 +272,9 @@ pub struct ServiceSettings {
     #[arg(long, env = "WORKER_NO_HTTP")]
     pub no_http: bool,
 
+    #[command(flatten)]
+    pub http: HttpSettings,
+
     /// Once the process works (consuming, or the scheduler running), write this JSON file:
     /// `{"pid", "http_addr", "queues", "hostname"}`. For supervisors and tests that need to know
     /// when the worker is up and where its HTTP server listens (with port 0).
@@ -245,6 +285,55 @@ pub struct ServiceSettings {
 impl ServiceSettings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
+    }
+}
+
+/// Who may use the HTTP server and how much of it one client can hold.
+#[derive(Clone, Args)]
+pub struct HttpSettings {
+    /// Token for every path except /healthz, /readyz and /metrics: `Authorization: Bearer
+    /// <token>`, or HTTP basic auth with the token as password (any user name). Unset or
+    /// empty: no authentication.
+    #[arg(long, env = "WORKER_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+
+    /// Require the token for /metrics too (give it to the Prometheus scrape job).
+    #[arg(long, env = "WORKER_HTTP_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub http_metrics_auth: bool,
+
+    /// Seconds a request may take: to send its headers (a kept-alive connection may stay idle
+    /// as long) and to be answered.
+    #[arg(long, env = "WORKER_HTTP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_timeout: u64,
+
+    /// Connections served at once; more wait in the listen backlog until one ends.
+    #[arg(long, env = "WORKER_HTTP_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub http_max_connections: u32,
+}
+
+impl HttpSettings {
+    /// The token, when one is set and not blank.
+    pub fn token(&self) -> Option<&str> {
+        self.http_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.http_timeout)
+    }
+}
+
+// By hand: a derived Debug would print the token.
+impl fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("http_token", &self.token().map(|_| "***"))
+            .field("http_metrics_auth", &self.http_metrics_auth)
+            .field("http_timeout", &self.http_timeout)
+            .field("http_max_connections", &self.http_max_connections)
+            .finish()
     }
 }
 
@@ -267,51 +356,9 @@ fn parse_tz(s: &str) -> Result<Tz, String> {
         .map_err(|_| format!("unknown timezone {s:?}; use an IANA name such as Europe/Moscow"))
 }
 
-/// `scheme://user:***@host/...`: the URL with its password hidden, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                format!("{scheme}://{user}@{host}{path}")
-            }
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(
-            redact_url("amqp://admin:s3cret@rabbit:5672/%2f"),
-            "amqp://admin:***@rabbit:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("redis://:pw@localhost:6379/0"),
-            "redis://:***@localhost:6379/0"
-        );
-        assert_eq!(
-            redact_url("redis://localhost:6379"),
-            "redis://localhost:6379"
-        );
-        assert_eq!(
-            redact_url("postgresql://postgres@h/db"),
-            "postgresql://postgres@h/db"
-        );
-    }
 
     #[test]
     fn applies_redis_db_when_url_has_none() {
@@ -329,5 +376,31 @@ mod tests {
         s.redis_url = "redis://127.0.0.1:6379/5".into();
         assert_eq!(s.redis_url_with_db(), "redis://127.0.0.1:6379/5");
         assert_eq!(s.database_url_for_sqlx(), "postgresql://u:p@h/db");
+    }
+
+    #[test]
+    fn debug_prints_no_secret() {
+        let conn = ConnectionSettings {
+            rabbitmq_url: "amqp://u:Zq7u/Kx9?Mw#Tp@Rv:%2Fw@h:5672/%2f".into(),
+            redis_url: "redis://:redis-pw-4242@h:6379".into(),
+            redis_db: 0,
+            database_url: "postgresql://p@h/db?password=pg-pw-4242".into(),
+            default_timezone: chrono_tz::Europe::Moscow,
+            result_expires: 3600,
+            result_key_prefix: String::new(),
+            key_prefix: "worker:".into(),
+        };
+        let jobs = JobSettings {
+            telegram_bot_token: Some("123:tg-token-4242".into()),
+            telegram_api_url: "https://proxy-user:proxy-pw-4242@proxy".into(),
+            reminder_hours_before: 2,
+        };
+        let text = format!("{conn:?} {jobs:?} {conn:#?} {jobs:#?}");
+        for secret in [
+            "Kx9", "Mw#", "Rv:", "redis-pw", "pg-pw", "tg-token", "proxy-pw",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("amqp://u:***@h:5672/%2f"), "{text}");
     }
 }

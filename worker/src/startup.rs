@@ -1,7 +1,9 @@
 //! The composition root: the one place that builds the service from its settings.
 //!
-//! [`Worker::build`] connects what must be connected before anything runs (Redis; PostgreSQL
-//! only with `--migrate`), validates the schedules file, binds the HTTP server and wires the
+//! [`Worker::build`] first checks that every URL it will use parses (a malformed one would
+//! otherwise be retried forever as "unreachable"), then connects what must be connected before
+//! anything runs (Redis; PostgreSQL only with `--migrate`), validates the schedules file, binds
+//! the HTTP server and wires the
 //! parts together; what it returns says where it listens ([`Worker::http_addr`]) and what it
 //! consumes ([`Worker::queues`]). [`Worker::run_until_stopped`] then runs everything through the
 //! phases of a [`Shutdown`]:
@@ -21,18 +23,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::adapters::broker::BrokerError;
+use crate::adapters::broker::connection;
 use crate::adapters::broker::consumer::{self, ConsumerControl};
 use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::delay::{self, DelayedStore};
-use crate::adapters::http::{self, BrokerProbe, Dependencies, HttpState, SchedulesSource};
+use crate::adapters::http::{
+    self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource,
+};
 use crate::adapters::postgres::{self, DatabaseError};
-use crate::adapters::redis_conn::{self, RedisConnectError};
+use crate::adapters::redis_conn::{self, InvalidRedisUrl, RedisConnectError};
 use crate::adapters::results::{ResultStore, ResultWriter};
 use crate::app::engine::{self, Executor, ExecutorSettings, QueueHealth};
 use crate::app::registry::{Registry, catalogue, registry};
@@ -44,7 +49,8 @@ use crate::settings::{
 use crate::shutdown::{Phase, Shutdown};
 use crate::wire::message::Limits;
 
-/// Everything the service is built from.
+/// Everything the service is built from. `Debug` is derived: the settings that hold secrets
+/// ([`ConnectionSettings`], [`JobSettings`]) redact their own.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub connections: ConnectionSettings,
@@ -64,9 +70,14 @@ pub struct Consume {
     pub migrate: bool,
 }
 
-/// Why the service could not be built.
+/// Why the service could not be built, or could not start after all (the broker refused the
+/// login or the vhost before the first connection).
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    RedisUrl(#[from] InvalidRedisUrl),
     #[error(transparent)]
     Redis(#[from] RedisConnectError),
     #[error(transparent)]
@@ -108,7 +119,7 @@ pub struct Worker {
     hostname: String,
     grace: Duration,
     ready_file: Option<PathBuf>,
-    http: Option<(TcpListener, SocketAddr, HttpState)>,
+    http: Option<HttpServer>,
     publisher: Arc<Publisher>,
     dependencies: Arc<Dependencies>,
     scheduler: Option<SchedulerService>,
@@ -119,6 +130,7 @@ pub struct Worker {
 impl Worker {
     /// Connect and wire every part; nothing runs until [`Worker::run_until_stopped`].
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        check_urls(&settings)?;
         let conn = &settings.connections;
         let hostname = settings.consume.as_ref().map_or_else(
             || format!("scheduler@{}", settings::hostname()),
@@ -200,9 +212,6 @@ impl Worker {
             None
         } else {
             let addr = settings.service.http_addr;
-            let (listener, bound) = http::bind(addr)
-                .await
-                .map_err(|source| StartupError::Http { addr, source })?;
             let schedules = scheduler.as_ref().map(|s| {
                 let reporter = s.reporter();
                 let source: SchedulesSource = Arc::new(move || {
@@ -217,7 +226,10 @@ impl Worker {
                 dependencies: Arc::clone(&dependencies),
                 schedules,
             };
-            Some((listener, bound, state))
+            let server = HttpServer::bind(addr, state, &settings.service.http)
+                .await
+                .map_err(|source| StartupError::Http { addr, source })?;
+            Some(server)
         };
 
         Ok(Self {
@@ -235,7 +247,7 @@ impl Worker {
 
     /// Where the HTTP server listens (`None` with `--no-http`).
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(|(_, addr, _)| *addr)
+        self.http.as_ref().map(HttpServer::addr)
     }
 
     /// The queues this worker consumes (none for the scheduler alone).
@@ -243,8 +255,10 @@ impl Worker {
         self.engine.as_ref().map_or(&[], |e| e.queues.as_slice())
     }
 
-    /// Run until `shutdown` begins, then stop phase by phase (see [`crate::shutdown`]).
-    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Stopped {
+    /// Run until `shutdown` begins, then stop phase by phase (see [`crate::shutdown`]). An
+    /// error means the service could not start after all: the broker refused the login or the
+    /// vhost before the first connection (the shutdown is then begun by the consumer).
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<Stopped, StartupError> {
         let Self {
             hostname,
             grace,
@@ -256,7 +270,7 @@ impl Worker {
             engine,
             consuming,
         } = self;
-        let http_addr = http.as_ref().map(|(_, addr, _)| *addr);
+        let http_addr = http.as_ref().map(HttpServer::addr);
         let queues = engine
             .as_ref()
             .map(|e| e.queues.clone())
@@ -267,8 +281,8 @@ impl Worker {
             dependencies,
             shutdown.clone(),
         ))];
-        if let Some((listener, _, state)) = http {
-            background.push(tokio::spawn(http::serve(listener, state, shutdown.clone())));
+        if let Some(server) = http {
+            background.push(tokio::spawn(server.serve(shutdown.clone())));
         }
         let scheduler_running = scheduler.is_some();
         if let Some(scheduler) = scheduler {
@@ -289,7 +303,7 @@ impl Worker {
             }),
         };
 
-        match engine {
+        let refused = match engine {
             Some(engine) => {
                 background.push(tokio::spawn(
                     Arc::clone(&engine.results).run_flusher(shutdown.clone()),
@@ -340,21 +354,23 @@ impl Worker {
                 }
                 shutdown.advance(Phase::Settle);
                 shutdown.advance(Phase::CloseBroker);
-                let _ = consumer.await;
+                consumer.await.unwrap_or(Ok(()))
             }
             None => {
                 ready.write();
                 shutdown.reached(Phase::StopIntake).await;
                 shutdown.advance(Phase::CloseBroker);
+                Ok(())
             }
-        }
+        };
 
         shutdown.advance(Phase::StopBackground);
         for handle in background {
             let _ = handle.await;
         }
         shutdown.advance(Phase::Stopped);
-        match fatal {
+        refused.map_err(StartupError::from)?;
+        Ok(match fatal {
             None => {
                 info!("worker stopped");
                 Stopped::Clean
@@ -363,8 +379,20 @@ impl Worker {
                 error!(reason = %why, "worker stopped after a fatal error");
                 Stopped::Fatal(why)
             }
-        }
+        })
     }
+}
+
+/// Every URL the service will connect to parses as its client will parse it, before anything
+/// connects: DATABASE_URL only where jobs run.
+fn check_urls(settings: &Settings) -> Result<(), StartupError> {
+    let conn = &settings.connections;
+    connection::parse_url(&conn.rabbitmq_url)?;
+    redis_conn::check_url(&conn.redis_url_with_db())?;
+    if settings.consume.is_some() {
+        postgres::check_url(&conn.database_url_for_sqlx())?;
+    }
+    Ok(())
 }
 
 /// The jobs' registry, with the jobs' context on one lazily connected PostgreSQL pool that

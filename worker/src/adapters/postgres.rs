@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use tracing::{info, warn};
 
-use crate::settings::redact_url;
+use crate::settings::{redact_text, redact_url};
 
 /// How long the startup probe waits for PostgreSQL.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -21,7 +21,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
     #[error(
-        "DATABASE_URL is not a valid PostgreSQL URL ({0}); expected postgresql://user@host:5432/dbname"
+        "DATABASE_URL is not a valid PostgreSQL URL ({0}); expected postgresql://user:password@host:5432/dbname, with any / ? # @ : % in the password percent-encoded"
     )]
     InvalidUrl(String),
     #[error(
@@ -79,7 +79,27 @@ impl DatabaseError {
     }
 }
 
+/// Whether `url` (as sqlx takes it, `+asyncpg` removed) is a PostgreSQL URL; nothing connects.
+pub(crate) fn check_url(url: &str) -> Result<(), DatabaseError> {
+    options(url).map(drop)
+}
+
 fn options(url: &str) -> Result<PgConnectOptions, DatabaseError> {
+    // sqlx takes any scheme; `http://...` is a mistake, not a database.
+    match url.split_once("://") {
+        Some(("postgres" | "postgresql", _)) => {}
+        Some((scheme, _))
+            if scheme.len() <= 16
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
+        {
+            return Err(DatabaseError::InvalidUrl(format!(
+                "the scheme is {scheme}, not postgresql"
+            )));
+        }
+        _ => return Err(DatabaseError::InvalidUrl("not a URL".into())),
+    }
     PgConnectOptions::from_str(url).map_err(|e| {
         DatabaseError::InvalidUrl(match e {
             sqlx::Error::Configuration(c) => {
@@ -88,7 +108,7 @@ fn options(url: &str) -> Result<PgConnectOptions, DatabaseError> {
                 if text.contains(url) {
                     "cannot parse it".into()
                 } else {
-                    text
+                    redact_text(&text)
                 }
             }
             _ => "cannot parse it".into(),
@@ -141,7 +161,7 @@ pub(crate) async fn create_and_migrate(url: &str) -> Result<(), DatabaseError> {
     pool.close().await;
     migrated.map_err(|e| DatabaseError::Migrate {
         url: redact_url(url),
-        reason: e.to_string(),
+        reason: redact_text(&e.to_string()),
     })?;
     info!(database = %name, "database schema is up to date");
     Ok(())
@@ -192,7 +212,16 @@ mod tests {
 
     #[test]
     fn an_invalid_url_does_not_echo_the_password() {
-        let e = options("postgresql://u:s3cret@h:notaport/db").unwrap_err();
-        assert!(!e.to_string().contains("s3cret"), "{e}");
+        for url in [
+            "postgresql://u:s3cret@h:notaport/db",
+            "postgresql://u:Zq7u/s3cret?Mw#Tp@Rv:%2Fw@h:5432/db",
+            "http://u:s3cret@h/db",
+            "not a url s3cret",
+        ] {
+            let e = options(url).unwrap_err().to_string();
+            assert!(e.starts_with("DATABASE_URL is not a valid"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        assert!(check_url("postgres://u:p%2Fw@h:5432/db?password=x").is_ok());
     }
 }

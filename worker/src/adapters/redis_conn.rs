@@ -4,7 +4,8 @@
 //! One `ConnectionManager` per process is shared by clones: it multiplexes commands over one
 //! connection and reconnects by itself. Connecting retries with backoff while Redis is
 //! unreachable (compose starts services in any order); every log line and error names the URL
-//! with its password hidden.
+//! with its password hidden. A URL the client cannot parse is refused by [`check_url`] at
+//! startup instead.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::warn;
 
 use crate::backoff::backoff;
-use crate::settings::redact_url;
+use crate::settings::{redact_text, redact_url};
 
 /// Redis could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,22 @@ pub struct RedisConnectError {
     pub url: String,
     #[source]
     pub source: redis::RedisError,
+}
+
+/// REDIS_URL cannot be parsed (checked at startup, before anything connects).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "REDIS_URL is not a valid Redis URL ({reason}); expected redis://[user:password@]host:6379[/db] (or rediss://), with any / ? # @ : % in the password percent-encoded"
+)]
+pub struct InvalidRedisUrl {
+    reason: String,
+}
+
+/// Whether `url` is a Redis URL the client accepts; nothing connects.
+pub(crate) fn check_url(url: &str) -> Result<(), InvalidRedisUrl> {
+    Client::open(url).map(drop).map_err(|e| InvalidRedisUrl {
+        reason: redact_text(&e.to_string()),
+    })
 }
 
 /// A command on one of our keys failed.
@@ -61,7 +78,7 @@ pub(crate) async fn connect(
                     return Err(error(source));
                 }
                 let wait = backoff(attempt, Duration::from_secs(30));
-                warn!(url = %redact_url(url), error = %source, retry_in = ?wait, "Redis is unreachable; retrying");
+                warn!(url = %redact_url(url), error = %redact_text(&source.to_string()), retry_in = ?wait, "Redis is unreachable; retrying");
                 tokio::time::sleep(wait).await;
             }
         }

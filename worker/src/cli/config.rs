@@ -1,5 +1,5 @@
 //! `worker config`: the effective configuration `worker run` would use, with every secret
-//! redacted (passwords inside URLs, the Telegram bot token).
+//! redacted (passwords inside URLs, the Telegram bot token, the HTTP token).
 
 use serde_json::{Value, json};
 
@@ -37,6 +37,10 @@ pub(crate) fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "WORKER_KEY_PREFIX": conn.key_prefix,
         "WORKER_SHUTDOWN_GRACE": run.service.shutdown_grace,
         "WORKER_HTTP_ADDR": if run.service.no_http { "off".to_owned() } else { run.service.http_addr.to_string() },
+        "WORKER_HTTP_TOKEN": run.service.http.token().map(|_| "***"),
+        "WORKER_HTTP_METRICS_AUTH": run.service.http.http_metrics_auth,
+        "WORKER_HTTP_TIMEOUT": run.service.http.http_timeout,
+        "WORKER_HTTP_MAX_CONNECTIONS": run.service.http.http_max_connections,
         "WORKER_READY_FILE": run.service.ready_file.as_ref().map(|p| p.display().to_string()),
         "WORKER_MIGRATE": run.migrate,
     })

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use crate::settings::redact_text;
+
 /// The file named by `--config FILE` (or `--config=FILE`) or `WORKER_CONFIG_FILE`, if any.
 pub(crate) fn requested(args: &[String]) -> Option<PathBuf> {
     let mut it = args.iter();
@@ -25,8 +27,7 @@ pub(crate) fn requested(args: &[String]) -> Option<PathBuf> {
 pub(crate) fn read(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| parse_error(path, &text, &e))?;
     let mut out = Vec::new();
     for (key, value) in table {
         if !key
@@ -65,6 +66,26 @@ pub(crate) fn read(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Where the file is not TOML, and the parser's reason: never the offending line, which may be
+/// `RABBITMQ_URL = "amqp://user:password@..."` (toml's own Display quotes it).
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let at = e
+        .span()
+        .map(|span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count().saturating_add(1);
+            let line_start = before.rfind('\n').map_or(0, |i| i.saturating_add(1));
+            let column = before[line_start..].chars().count().saturating_add(1);
+            format!(":{line}:{column}")
+        })
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "{}{at}: not valid TOML: {}",
+        path.display(),
+        redact_text(e.message())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +101,30 @@ mod tests {
             requested(&args(&["worker", "run", "--config=b.toml"])),
             Some("b.toml".into())
         );
+    }
+
+    #[test]
+    fn a_parse_error_names_the_place_but_not_the_line() {
+        let path = std::env::temp_dir().join(format!("cfg-{}.toml", uuid::Uuid::new_v4()));
+        let secret = "Zq7u/Kx9?Mw#Tp@Rv:%2Fw";
+        for text in [
+            format!("WORKER_CONCURRENCY = 3\nRABBITMQ_URL = \"amqp://guest:{secret}@h/%2f\n"),
+            format!("WORKER_CONCURRENCY = 3\nRABBITMQ_URL = amqp://guest:{secret}@h\n"),
+            format!("WORKER_CONCURRENCY = 3\nRABBITMQ_URL = \"amqp://guest:{secret}\\q@h\"\n"),
+            format!("REDIS_URL = 'redis://:{secret}@h'\nREDIS_URL = 'redis://:{secret}@h'\n"),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let e = format!("{:#}", read(&path).unwrap_err());
+            assert!(e.contains(&format!("{}:", path.display())), "{e}");
+            assert!(e.contains(":2:"), "names line 2: {e}");
+            assert!(e.contains("not valid TOML"), "{e}");
+            for window in secret.as_bytes().windows(4) {
+                let fragment = std::str::from_utf8(window).unwrap();
+                assert!(!e.contains(fragment), "{fragment:?} in {e}");
+            }
+            assert!(!e.contains("amqp://") && !e.contains("redis://"), "{e}");
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::settings::ConnectionSettings;
+use crate::settings::{ConnectionSettings, redact_text};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -118,7 +118,7 @@ pub fn main() -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", redact_text(&format!("{e:#}")));
                 return ExitCode::from(2);
             }
         }
@@ -165,7 +165,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(outcome) => outcome.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Error chains from lapin, sqlx or redis may quote a URL with its password.
+            eprintln!("error: {}", redact_text(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }

@@ -53,7 +53,7 @@ pub(crate) async fn run(conn: &ConnectionSettings, args: RunArgs) -> anyhow::Res
     let worker = Worker::build(args.startup_settings(conn)).await?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
-    Ok(match worker.run_until_stopped(shutdown).await {
+    Ok(match worker.run_until_stopped(shutdown).await? {
         Stopped::Clean => Outcome::Success,
         Stopped::Fatal(_) => Outcome::Failed,
     })

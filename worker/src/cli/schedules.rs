@@ -99,7 +99,7 @@ pub(crate) async fn run_alone(
     let worker = Worker::build(settings).await?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
-    Ok(match worker.run_until_stopped(shutdown).await {
+    Ok(match worker.run_until_stopped(shutdown).await? {
         Stopped::Clean => Outcome::Success,
         Stopped::Fatal(_) => Outcome::Failed,
     })

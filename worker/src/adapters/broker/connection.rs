@@ -1,63 +1,235 @@
 //! Connecting to RabbitMQ. An unreachable broker is normal at startup (compose starts services
-//! in any order) and during restarts: log which URL, without its password, and keep trying.
+//! in any order) and during restarts: log which URL, without its password, and keep trying,
+//! one warning line per attempt.
 //!
-//! Unless the URL sets `frame_max`, we ask for 16 KiB frames instead of RabbitMQ's 128 KiB:
-//! lapin keeps a receive and a send buffer of 32 frames per connection, fully written, so the
-//! server's default costs 8 MiB of resident memory per connection against 1 MiB. Bodies larger
-//! than a frame are split into several frames, as AMQP always does; Celery messages rarely are.
+//! A wrong RABBITMQ_URL is not a broker that is down, and retrying it forever as "unreachable"
+//! hides the mistake. [`parse_url`] lets startup refuse a malformed URL before anything
+//! connects. A broker that answers but refuses who we are — ACCESS_REFUSED for the login,
+//! NOT_ALLOWED for the vhost — is [`BrokerError::Authentication`] or
+//! [`BrokerError::VhostRefused`]: before the first connection ever succeeded that is a setting
+//! to fix, and [`connect_with_backoff`] returns it (the worker exits 2); once the worker has
+//! connected, it is more likely credentials rotated under it, so it is logged as such and
+//! retried at the longest backoff.
+//!
+//! Unless the URL sets `frame_max`, we ask for 128 KiB frames, RabbitMQ's default and what
+//! kombu publishes with. An AMQP content header (the message's properties and Celery's
+//! headers) must fit in one frame: with smaller frames a Python client's message whose headers
+//! exceed them is a FRAME-ERROR, the connection dies, and the redelivered message kills the
+//! next connection the same way. lapin keeps a receive and a send buffer of 32 frames per
+//! connection, so the frame size sets that memory; `?frame_max=16384` trades it back where
+//! every publisher's headers are known to stay small.
 
 use std::time::Duration;
 
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::uri::AMQPUri;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, ErrorKind};
 use tracing::{info, warn};
 
 use super::BrokerError;
 use crate::backoff::backoff;
-use crate::settings::redact_url;
+use crate::settings::{redact_text, redact_url};
 use crate::shutdown::{Phase, Shutdown};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The frame size we ask for when the URL does not say (see the module notes).
-pub(crate) const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+pub(crate) const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
+
+/// What [`connect_with_backoff`] does when the broker refuses the login or the vhost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnRefusal {
+    /// Return the error: no connection has succeeded yet, so the setting is wrong.
+    Fail,
+    /// Log it and retry at the longest backoff: the worker was connected before.
+    Retry,
+}
+
+/// RABBITMQ_URL parsed as lapin will use it: `amqp://` or `amqps://`, a host, a valid port.
+pub(crate) fn parse_url(url: &str) -> Result<AMQPUri, BrokerError> {
+    url.parse::<AMQPUri>()
+        .map_err(|reason| BrokerError::InvalidUrl {
+            // amq-protocol quotes the whole URL in some of its reasons.
+            reason: if reason.contains(url) {
+                "not a URL".to_owned()
+            } else {
+                redact_text(&reason)
+            },
+        })
+}
 
 /// One connection attempt.
 pub(crate) async fn connect(url: &str) -> Result<Connection, BrokerError> {
+    let mut uri = parse_url(url)?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    let refused_as = Refused::from(&uri);
     let props = ConnectionProperties::default()
         .with_connection_name(format!("staffprobot-worker@{}", crate::settings::hostname()).into());
-    let connected = match url.parse::<AMQPUri>() {
-        Ok(mut uri) => {
-            uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
-            Connection::connect_uri(uri, props).await
-        }
-        // lapin reports the malformed URL itself.
-        Err(_) => Connection::connect(url, props).await,
-    };
-    connected.map_err(|source| BrokerError::Connect {
-        url: redact_url(url),
-        source,
-    })
+    Connection::connect_uri(uri, props)
+        .await
+        .map_err(|source| refused_as.classify(url, source))
 }
 
-/// Connect, retrying with capped exponential backoff until connected or the shutdown begins.
-pub(crate) async fn connect_with_backoff(url: &str, shutdown: &Shutdown) -> Option<Connection> {
-    let mut attempt = 0;
+/// Connect, retrying with capped exponential backoff until connected or the shutdown begins
+/// (`Ok(None)`). A refused login or vhost is returned or retried as `on_refusal` says; any
+/// other failure is retried.
+pub(crate) async fn connect_with_backoff(
+    url: &str,
+    shutdown: &Shutdown,
+    on_refusal: OnRefusal,
+) -> Result<Option<Connection>, BrokerError> {
+    let mut attempt: u32 = 0;
     loop {
-        match connect(url).await {
+        let wait = match connect(url).await {
             Ok(conn) => {
                 info!(url = %redact_url(url), "connected to RabbitMQ");
-                return Some(conn);
+                return Ok(Some(conn));
+            }
+            Err(e @ BrokerError::InvalidUrl { .. }) => return Err(e),
+            Err(e) if e.is_refusal() => {
+                if on_refusal == OnRefusal::Fail {
+                    return Err(e);
+                }
+                attempt = attempt.saturating_add(1);
+                let what = match e {
+                    BrokerError::VhostRefused { .. } => "RabbitMQ refused the vhost; retrying",
+                    _ => "RabbitMQ authentication failed; retrying",
+                };
+                warn!(url = %redact_url(url), error = %e, retry_in = ?MAX_BACKOFF, attempt, "{what}");
+                MAX_BACKOFF
             }
             Err(e) => {
                 let wait = backoff(attempt, MAX_BACKOFF);
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
                 warn!(url = %redact_url(url), error = %e, retry_in = ?wait, attempt, "RabbitMQ is unreachable; retrying");
-                tokio::select! {
-                    _ = shutdown.reached(Phase::StopIntake) => return None,
-                    _ = tokio::time::sleep(wait) => {}
+                wait
+            }
+        };
+        tokio::select! {
+            _ = shutdown.reached(Phase::StopIntake) => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Who and where a connection is for, to name them when the broker refuses it.
+struct Refused {
+    user: String,
+    host: String,
+    port: u16,
+    vhost: String,
+}
+
+impl From<&AMQPUri> for Refused {
+    fn from(uri: &AMQPUri) -> Self {
+        Self {
+            user: uri.authority.userinfo.username.clone(),
+            host: uri.authority.host.clone(),
+            port: uri.authority.port,
+            vhost: uri.vhost.clone(),
+        }
+    }
+}
+
+impl Refused {
+    /// The error for a failed `connect`: a refusal of the login or vhost by name, anything
+    /// else as a connection failure.
+    fn classify(self, url: &str, source: lapin::Error) -> BrokerError {
+        let Self {
+            user,
+            host,
+            port,
+            vhost,
+        } = self;
+        match source.kind() {
+            ErrorKind::ProtocolError(e) => match e.kind() {
+                // RabbitMQ: "ACCESS_REFUSED - Login was refused using authentication mechanism
+                // PLAIN", or "access to vhost '/' refused for user 'u'" (also 403).
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
+                    if e.get_message().as_str().contains("vhost") {
+                        BrokerError::VhostRefused {
+                            user,
+                            vhost,
+                            host,
+                            port,
+                        }
+                    } else {
+                        BrokerError::Authentication { user, host, port }
+                    }
                 }
+                // "NOT_ALLOWED - vhost x not found", at connection.open.
+                AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => BrokerError::VhostRefused {
+                    user,
+                    vhost,
+                    host,
+                    port,
+                },
+                _ => BrokerError::Connect {
+                    url: redact_url(url),
+                    source,
+                },
+            },
+            _ => BrokerError::Connect {
+                url: redact_url(url),
+                source,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_urls_are_refused_without_echoing_them() {
+        for url in [
+            "not a url",
+            "http://localhost:5672",
+            "amqp://guest:Zq7u/Kx9?Mw#Tp@Rv:%2Fw@127.0.0.1:5672/%2f",
+            "amqp:opaque-Kx9Mw",
+            "amqp://u:pw@h:notaport/%2f",
+        ] {
+            let e = parse_url(url).unwrap_err().to_string();
+            assert!(e.starts_with("RABBITMQ_URL is not a valid AMQP URL"), "{e}");
+            for secret in ["Kx9", "Mw#", "Rv:", "opaque"] {
+                assert!(!e.contains(secret), "{secret} in {e}");
             }
         }
+        let uri = parse_url("amqps://u:p%2Fw@rabbit/%2f?frame_max=16384").unwrap();
+        assert_eq!(uri.authority.userinfo.password, "p/w");
+        assert_eq!(uri.query.frame_max, Some(16384));
+    }
+
+    /// Against the local RabbitMQ (guest with a wrong password): returned before the first
+    /// connection, retried (slowly) after it.
+    #[tokio::test]
+    async fn a_refused_login_is_returned_or_retried_as_asked() {
+        let url = "amqp://guest:not-the-password@127.0.0.1:5672/%2f";
+        let shutdown = Shutdown::new();
+        let failed = tokio::time::timeout(
+            Duration::from_secs(5),
+            connect_with_backoff(url, &shutdown, OnRefusal::Fail),
+        )
+        .await
+        .expect("a refused login is returned at once");
+        match failed {
+            Err(BrokerError::Authentication { user, host, port }) => {
+                assert_eq!(
+                    (user.as_str(), host.as_str(), port),
+                    ("guest", "127.0.0.1", 5672)
+                );
+            }
+            other => panic!("expected Authentication, got {other:?}"),
+        }
+        let retried = tokio::time::timeout(
+            Duration::from_millis(1500),
+            connect_with_backoff(url, &shutdown, OnRefusal::Retry),
+        )
+        .await;
+        assert!(retried.is_err(), "still waiting out the longest backoff");
+        shutdown.begin();
+        let stopped = connect_with_backoff(url, &shutdown, OnRefusal::Retry).await;
+        assert!(matches!(stopped, Ok(None)), "{stopped:?}");
     }
 }

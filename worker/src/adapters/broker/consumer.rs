@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::connection::OnRefusal;
 use super::settle::{Incoming, Settlements};
 use super::{BrokerError, connection, topology};
 use crate::shutdown::{Phase, Shutdown};
@@ -35,16 +36,17 @@ pub(crate) struct ConsumerControl {
     pub consuming: watch::Sender<bool>,
 }
 
-/// Start consuming `queues`; returns the per-queue delivery receivers.
+/// The consumer's task: it ends with an error only when the broker refused the login or vhost
+/// before the first connection (and it then begins the shutdown).
+pub(crate) type ConsumerTask = tokio::task::JoinHandle<Result<(), BrokerError>>;
+
+/// Start consuming `queues`; returns the per-queue delivery receivers and the consumer's task.
 pub(crate) fn spawn(
     url: String,
     queues: Vec<String>,
     prefetch: u16,
     control: ConsumerControl,
-) -> (
-    HashMap<String, mpsc::Receiver<Incoming>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (HashMap<String, mpsc::Receiver<Incoming>>, ConsumerTask) {
     let mut senders = HashMap::new();
     let mut receivers = HashMap::new();
     for q in &queues {
@@ -62,18 +64,28 @@ async fn supervise(
     prefetch: u16,
     senders: HashMap<String, mpsc::Sender<Incoming>>,
     control: ConsumerControl,
-) {
+) -> Result<(), BrokerError> {
     let mut failures = 0u32;
+    // Until a connection has succeeded once, a refused login or vhost is a wrong RABBITMQ_URL:
+    // stop instead of retrying what cannot work. Afterwards it is retried (see `connection`).
+    let mut on_refusal = OnRefusal::Fail;
     loop {
-        let Some(conn) = connection::connect_with_backoff(&url, &control.shutdown).await else {
-            return;
+        let conn = match connection::connect_with_backoff(&url, &control.shutdown, on_refusal).await
+        {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                control.shutdown.begin();
+                return Err(e);
+            }
         };
+        on_refusal = OnRefusal::Retry;
         let ended = consume(&conn, &queues, prefetch, &senders, &control).await;
         control.consuming.send_replace(false);
         match ended {
             Ok(Ended::Closed) => {
                 let _ = conn.close(200, "worker shutting down".into()).await;
-                return;
+                return Ok(());
             }
             Ok(Ended::ConsumerLost) => {
                 failures = 0;
@@ -87,7 +99,7 @@ async fn supervise(
         let _ = conn.close(320, "reconnecting".into()).await;
         let wait = crate::backoff::backoff(failures, Duration::from_secs(30));
         tokio::select! {
-            _ = control.shutdown.reached(Phase::StopIntake) => return,
+            _ = control.shutdown.reached(Phase::StopIntake) => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -1,6 +1,7 @@
 //! RabbitMQ, spoken the way Celery speaks it, on lapin.
 //!
-//! - [`connection`]: connecting with capped backoff and a redacted URL in every log line;
+//! - [`connection`]: parsing RABBITMQ_URL, connecting with capped backoff and a redacted URL in
+//!   every log line, telling a refused login from a broker that is down;
 //! - [`topology`]: declaring queues exactly as Celery does, plus our `<queue>.dead` queues;
 //! - [`consumer`]: the consuming connection, reconnected forever, feeding one apalis backend
 //!   per queue ([`backend::CeleryBackend`]);
@@ -21,6 +22,25 @@ pub mod topology;
 /// Errors talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    #[error(
+        "RABBITMQ_URL is not a valid AMQP URL ({reason}); expected amqp://user:password@host:5672/vhost (or amqps://), with any / ? # @ : % in the password percent-encoded"
+    )]
+    InvalidUrl { reason: String },
+    #[error("RabbitMQ authentication failed for user {user} at {host}:{port}: check RABBITMQ_URL")]
+    Authentication {
+        user: String,
+        host: String,
+        port: u16,
+    },
+    #[error(
+        "RabbitMQ at {host}:{port} refused user {user} the vhost {vhost:?} (missing, or no permission): check the vhost in RABBITMQ_URL"
+    )]
+    VhostRefused {
+        user: String,
+        vhost: String,
+        host: String,
+        port: u16,
+    },
     #[error("cannot connect to RabbitMQ at {url}: {source}")]
     Connect {
         url: String,
@@ -38,6 +58,15 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// The broker answered and refused who we are (login or vhost): retrying the same URL
+    /// cannot help.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Authentication { .. } | Self::VhostRefused { .. }
+        )
+    }
+
     pub fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| Self::Amqp { op, source }
     }

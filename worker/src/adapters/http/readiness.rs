@@ -1,4 +1,9 @@
 //! Live checks of the broker, Redis and PostgreSQL, shared by `/readyz` and the metrics loop.
+//!
+//! A failed check says which dependency and one fixed phrase — `not connected`, `unreachable`,
+//! `timed out`, `authentication failed`, `database missing`, ... — never the client's or the
+//! server's error text: `/readyz` answers anyone who can reach the port, and that text names
+//! hosts, users and databases. The log has the details.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +14,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::adapters::broker::BrokerError;
 use crate::adapters::broker::publisher::Publisher;
 use crate::app::engine::QueueHealth;
 
@@ -35,7 +41,7 @@ pub(crate) struct Dependencies {
 }
 
 impl Dependencies {
-    /// `{name: {"ok": bool, "error"?: text}}` for each dependency.
+    /// `{name: {"ok": bool, "error"?: phrase}}` for each dependency.
     pub(crate) async fn check(&self) -> BTreeMap<&'static str, Value> {
         let mut out = BTreeMap::new();
         let broker = match &self.broker {
@@ -43,14 +49,14 @@ impl Dependencies {
                 if *consuming.borrow() {
                     Ok(())
                 } else {
-                    Err("not connected to RabbitMQ".to_owned())
+                    Err(NOT_CONNECTED)
                 }
             }
             BrokerProbe::Publisher(publisher) => {
                 match tokio::time::timeout(CHECK_TIMEOUT, publisher.check()).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err("cannot open a connection to RabbitMQ".to_owned()),
-                    Err(_) => Err("RabbitMQ did not answer in time".to_owned()),
+                    Ok(Err(e)) => Err(broker_problem(&e)),
+                    Err(_) => Err(TIMED_OUT),
                 }
             }
         };
@@ -61,30 +67,25 @@ impl Dependencies {
             redis::cmd("PING").query_async::<String>(&mut conn),
         )
         .await
-        .map_err(|_| "Redis did not answer PING in time".to_owned())
-        .and_then(|r| r.map(|_| ()).map_err(|e| format!("Redis: {e}")));
+        .map_err(|_| TIMED_OUT)
+        .and_then(|r| r.map(drop).map_err(|e| redis_problem(&e)));
         out.insert("redis", status(redis));
         if let Some(pool) = &self.postgres {
             let pg = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(pool))
                 .await
-                .map_err(|_| "PostgreSQL did not answer in time".to_owned())
-                .and_then(|r| {
-                    r.map(|_| ())
-                        .map_err(|e| format!("PostgreSQL: {}", pg_error(&e)))
-                });
+                .map_err(|_| TIMED_OUT)
+                .and_then(|r| r.map(drop).map_err(|e| postgres_problem(&e)));
             out.insert("postgres", status(pg));
         }
         if let Some(queues) = &self.queues {
-            let stopped = queues.stopped();
-            let names: Vec<&str> = stopped.keys().map(String::as_str).collect();
-            out.insert(
-                "queues",
-                status(if names.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("stopped consuming: {}", names.join(", ")))
-                }),
-            );
+            let stopped: Vec<String> = queues.stopped().into_keys().collect();
+            let check = if stopped.is_empty() {
+                json!({"ok": true})
+            } else {
+                // Queue names are ours, not a server's words: safe to show.
+                json!({"ok": false, "error": "stopped consuming", "queues": stopped})
+            };
+            out.insert("queues", check);
         }
         for (name, v) in &out {
             METRICS
@@ -125,15 +126,54 @@ impl Dependencies {
     }
 }
 
-/// A PostgreSQL error without the connection string it may quote.
-fn pg_error(e: &sqlx::Error) -> String {
+const NOT_CONNECTED: &str = "not connected";
+const UNREACHABLE: &str = "unreachable";
+const TIMED_OUT: &str = "timed out";
+const AUTHENTICATION_FAILED: &str = "authentication failed";
+const FAILED: &str = "failed";
+
+fn broker_problem(e: &BrokerError) -> &'static str {
     match e {
-        sqlx::Error::Configuration(_) => "invalid DATABASE_URL".into(),
-        other => other.to_string(),
+        BrokerError::Authentication { .. } => AUTHENTICATION_FAILED,
+        BrokerError::VhostRefused { .. } => "vhost refused",
+        BrokerError::InvalidUrl { .. } => "invalid RABBITMQ_URL",
+        BrokerError::Connect { .. } => UNREACHABLE,
+        BrokerError::Amqp { .. } | BrokerError::Nacked { .. } => FAILED,
     }
 }
 
-fn status(r: Result<(), String>) -> Value {
+fn redis_problem(e: &redis::RedisError) -> &'static str {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        AUTHENTICATION_FAILED
+    } else if e.is_timeout() {
+        TIMED_OUT
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        UNREACHABLE
+    } else {
+        FAILED
+    }
+}
+
+fn postgres_problem(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // invalid_catalog_name
+            Some("3D000") => "database missing",
+            // invalid_password, invalid_authorization_specification
+            Some("28P01" | "28000") => AUTHENTICATION_FAILED,
+            _ => FAILED,
+        },
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed => UNREACHABLE,
+        sqlx::Error::PoolTimedOut => TIMED_OUT,
+        sqlx::Error::Tls(_) => "TLS failed",
+        sqlx::Error::Configuration(_) => "invalid DATABASE_URL",
+        _ => FAILED,
+    }
+}
+
+fn status(r: Result<(), &'static str>) -> Value {
     match r {
         Ok(()) => json!({"ok": true}),
         Err(e) => json!({"ok": false, "error": e}),

@@ -275,15 +275,20 @@ impl Executor {
         }
 
         let record = !message.ignore_result;
-        // STARTED runs beside the job instead of before it, and only once the job has run for
-        // `started_after`: a job that is done by then goes straight to its outcome, and no
-        // task waits for the STARTED round trip. A STARTED that reaches Redis after the outcome
-        // changes nothing (the store script keeps final states).
+        let track = record && self.settings.track_started;
+        // `started_after` of 0 means Celery's own order: STARTED is stored, then the job runs.
+        if track && self.settings.started_after.is_zero() {
+            self.results
+                .write_transient_state(&ResultMeta::started(origin))
+                .await;
+        }
+        // Otherwise STARTED runs beside the job instead of before it, and only once the job has
+        // run for `started_after`: a job that is done by then goes straight to its outcome, and
+        // no task waits for the STARTED round trip. A STARTED that reaches Redis after the
+        // outcome changes nothing (the store script keeps final states).
         let started = async {
-            if record && self.settings.track_started {
-                if !self.settings.started_after.is_zero() {
-                    tokio::time::sleep(self.settings.started_after).await;
-                }
+            if track && !self.settings.started_after.is_zero() {
+                tokio::time::sleep(self.settings.started_after).await;
                 self.results
                     .write_transient_state(&ResultMeta::started(origin))
                     .await;

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::args::bind_named;
 use super::{CallArgs, Job, JobArgs, JobContext, Registry};
+use crate::settings::redact_text;
 use crate::wire::TaskError;
 
 /// A `JobError` as the task error Python sees.
@@ -22,7 +23,14 @@ pub(crate) fn task_error(err: JobError) -> TaskError {
     } else {
         "staffprobot.jobs"
     };
-    TaskError::from_error(module, kind, &err).transient(err.is_transient())
+    let mut e = TaskError::from_error(module, kind, &err).transient(err.is_transient());
+    // The message and causes are stored in Redis for anyone with `AsyncResult(id)`: a sqlx or
+    // redis error deep in the chain may quote a URL with its password.
+    e.message = redact_text(&e.message);
+    for cause in &mut e.causes {
+        *cause = redact_text(cause);
+    }
+    e
 }
 
 fn report<T: serde::Serialize>(task: &str, r: Result<T, JobError>) -> Result<Value, TaskError> {
@@ -177,4 +185,22 @@ pub(crate) fn register(registry: &mut Registry, ctx: Option<Arc<Context>>) {
         .register(SendNotificationNow(ctx.clone()))
         .register(CalculateShiftPayment(ctx.clone()))
         .register(CalculateMonthlyMetrics(ctx));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_failure_quotes_no_password() {
+        let err = JobError::Config(
+            "cannot reach redis://:Zq7u/Kx9?Mw#Tp@Rv:%2Fw@cache:6379/0 (timed out)".into(),
+        );
+        let e = task_error(err);
+        assert_eq!(
+            e.message,
+            "configuration error: cannot reach redis://:***@cache:6379/0 (timed out)"
+        );
+        assert!(!e.to_result_json().to_string().contains("Kx9"));
+    }
 }
