@@ -1,9 +1,11 @@
-//! Benchmark of the two set-based jobs against the local PostgreSQL and Redis:
-//! plan-next-year-timeslots over 1,000 active objects (about 261,000 slots) and auto-close-shifts
-//! over 100,000 active shifts. Prints wall time and SQL statements executed (counted by the jobs'
-//! own `Context::statements_executed`, BEGIN/COMMIT included) beside the statement count of the
-//! Python algorithm; and, for a side-by-side ratio in the same run, times the Python-style loop
-//! (one query per object-day, one UPDATE per shift) on a slice and extrapolates it.
+//! Benchmark of the two set-based jobs against the local PostgreSQL and Redis, at ten times
+//! StaffProBot's size: plan-next-year-timeslots over 10,000 active objects (about 2.6 million
+//! slots) and auto-close-shifts over 1,000,000 active shifts. Prints wall time, SQL statements
+//! executed (counted by the jobs' own `Context::statements_executed`, BEGIN/COMMIT included)
+//! beside the statement count of the Python algorithm, and the peak resident memory of this
+//! process during each run (the jobs' memory bound); and, for a side-by-side ratio in the same
+//! run, times the Python-style loop (one query per object-day, one UPDATE per shift) on a slice
+//! and extrapolates it. `BENCH_OBJECTS` / `BENCH_SHIFTS` change the sizes.
 //!
 //! Run: `cargo bench -p jobs --bench jobs` (PostgreSQL at postgres://postgres@localhost:5432,
 //! Redis at redis://127.0.0.1:6379; override with BENCH_PG_URL / BENCH_REDIS_URL). It creates and
@@ -17,14 +19,49 @@ use redis::aio::ConnectionManager;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
-const OBJECTS: i64 = 1_000;
-const SHIFTS: i64 = 100_000;
+const OBJECTS: i64 = 10_000;
+const SHIFTS: i64 = 1_000_000;
 /// Objects the Python-style planner loop runs over (then extrapolated to `OBJECTS`).
 const NAIVE_OBJECTS: i64 = 50;
 /// Shifts the Python-style auto-close loop runs over (then extrapolated to `SHIFTS`).
 const NAIVE_SHIFTS: i64 = 5_000;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn size(var: &str, default: i64) -> i64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resets this process's peak resident set (Linux: `5` into `clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's peak resident set since the last reset, in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn current_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
 
 #[tokio::main]
 async fn main() -> BenchResult<()> {
@@ -68,14 +105,19 @@ async fn run(pg: &str, db_name: &str, redis_url: &str, prefix: &str) -> BenchRes
         },
     );
 
-    println!("seeding {OBJECTS} active objects ...");
-    seed_objects(&pool).await?;
+    let objects = size("BENCH_OBJECTS", OBJECTS);
+    let shifts = size("BENCH_SHIFTS", SHIFTS);
+    println!("seeding {objects} active objects ...");
+    seed_objects(&pool, objects).await?;
 
     // --- plan-next-year-timeslots -------------------------------------------------------
     let before = ctx.statements_executed();
+    let rss_before = current_rss_mb();
+    reset_peak_rss();
     let started = Instant::now();
     let report = jobs::planner::plan_timeslots_for_year(&ctx, 2027).await?;
     let elapsed = started.elapsed();
+    let peak = peak_rss_mb();
     let statements = ctx.statements_executed() - before;
     let days = 365;
     println!();
@@ -91,7 +133,10 @@ async fn run(pg: &str, db_name: &str, redis_url: &str, prefix: &str) -> BenchRes
     );
     println!(
         "  SQL statements: {statements}  |  Python algorithm: ~{} lookups (one per object-day) + one INSERT per slot",
-        OBJECTS * days
+        objects * days
+    );
+    println!(
+        "  memory: peak RSS {peak:.1} MB during the run ({rss_before:.1} MB before it)"
     );
 
     let before = ctx.statements_executed();
@@ -107,10 +152,10 @@ async fn run(pg: &str, db_name: &str, redis_url: &str, prefix: &str) -> BenchRes
 
     let (naive_time, naive_statements, naive_created) =
         naive_planner(&pool, 2028, NAIVE_OBJECTS).await?;
-    let scale = OBJECTS as f64 / NAIVE_OBJECTS as f64;
+    let scale = objects as f64 / NAIVE_OBJECTS as f64;
     println!(
         "  Python-style loop on {NAIVE_OBJECTS} objects: {naive_created} slots, {naive_statements} statements in {} \
-         -> ~{} for {OBJECTS} objects ({:.0}x the set-based run)",
+         -> ~{} for {objects} objects ({:.0}x the set-based run)",
         secs(naive_time),
         secs(naive_time.mul_f64(scale)),
         naive_time.as_secs_f64() * scale / elapsed.as_secs_f64()
@@ -118,15 +163,18 @@ async fn run(pg: &str, db_name: &str, redis_url: &str, prefix: &str) -> BenchRes
 
     // --- auto-close-shifts --------------------------------------------------------------
     println!();
-    println!("seeding {SHIFTS} active shifts ...");
+    println!("seeding {shifts} active shifts ...");
     let now: DateTime<Utc> = "2026-03-11T12:00:00Z".parse()?;
-    seed_shifts(&pool, SHIFTS).await?;
+    seed_shifts(&pool, shifts, objects).await?;
     let before = ctx.statements_executed();
+    let rss_before = current_rss_mb();
+    reset_peak_rss();
     let started = Instant::now();
     let report = jobs::auto_close::auto_close_shifts_at(&ctx, now).await?;
     let elapsed = started.elapsed();
+    let peak = peak_rss_mb();
     let statements = ctx.statements_executed() - before;
-    println!("auto-close-shifts, {SHIFTS} active shifts");
+    println!("auto-close-shifts, {shifts} active shifts");
     println!(
         "  closed {} shifts, {} schedules, {} errors in {} (cache invalidation and {} events included)",
         report.closed_count,
@@ -137,7 +185,11 @@ async fn run(pg: &str, db_name: &str, redis_url: &str, prefix: &str) -> BenchRes
     );
     println!(
         "  SQL statements: {statements}  |  Python algorithm: {} (one SELECT, one UPDATE per shift, one COMMIT)",
-        SHIFTS + 2
+        shifts + 2
+    );
+    println!(
+        "  memory: peak RSS {peak:.1} MB during the run ({rss_before:.1} MB before it); the Python \
+         algorithm holds all {shifts} rows at once"
     );
     let before = ctx.statements_executed();
     let started = Instant::now();
@@ -149,12 +201,12 @@ async fn run(pg: &str, db_name: &str, redis_url: &str, prefix: &str) -> BenchRes
         ctx.statements_executed() - before
     );
 
-    seed_shifts(&pool, NAIVE_SHIFTS).await?;
+    seed_shifts(&pool, NAIVE_SHIFTS, objects).await?;
     let (naive_time, naive_statements) = naive_auto_close(&pool, now).await?;
-    let scale = SHIFTS as f64 / NAIVE_SHIFTS as f64;
+    let scale = shifts as f64 / NAIVE_SHIFTS as f64;
     println!(
         "  Python-style loop on {NAIVE_SHIFTS} shifts: {naive_statements} statements in {} \
-         -> ~{} for {SHIFTS} shifts ({:.1}x the set-based run)",
+         -> ~{} for {shifts} shifts ({:.1}x the set-based run)",
         secs(naive_time),
         secs(naive_time.mul_f64(scale)),
         naive_time.as_secs_f64() * scale / elapsed.as_secs_f64()
@@ -170,12 +222,12 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-async fn seed_objects(pool: &PgPool) -> BenchResult<()> {
+async fn seed_objects(pool: &PgPool, objects: i64) -> BenchResult<()> {
     sqlx::query(
         "INSERT INTO users (telegram_id, first_name, role) \
          SELECT 5000000 + g, 'Сотрудник ' || g, 'employee' FROM generate_series(1, $1) g",
     )
-    .bind(OBJECTS)
+    .bind(objects)
     .execute(pool)
     .await?;
     // A third of the objects in another timezone, so the per-row timezone work is exercised.
@@ -185,14 +237,14 @@ async fn seed_objects(pool: &PgPool) -> BenchResult<()> {
                 CASE WHEN g % 3 = 0 THEN 'Asia/Yekaterinburg' END, true \
          FROM generate_series(1, $1) g",
     )
-    .bind(OBJECTS)
+    .bind(objects)
     .execute(pool)
     .await?;
     Ok(())
 }
 
 /// `n` active shifts started on Mar 10 2026 between 08:00 and 11:00 UTC, all due by Mar 11.
-async fn seed_shifts(pool: &PgPool, n: i64) -> BenchResult<()> {
+async fn seed_shifts(pool: &PgPool, n: i64, objects: i64) -> BenchResult<()> {
     sqlx::query(
         "INSERT INTO shifts (user_id, object_id, start_time, status, hourly_rate) \
          SELECT (g % $2) + 1, (g % $2) + 1, \
@@ -201,7 +253,7 @@ async fn seed_shifts(pool: &PgPool, n: i64) -> BenchResult<()> {
          FROM generate_series(1, $1) g",
     )
     .bind(n)
-    .bind(OBJECTS)
+    .bind(objects)
     .execute(pool)
     .await?;
     Ok(())

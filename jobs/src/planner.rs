@@ -7,11 +7,14 @@
 //! multiple of `schedule_repeat_weeks` (values < 1 mean 1). ISO week numbers are not used: they
 //! wrap at New Year (Jan 1 2027 is in ISO week 53 of 2026), which broke 2-week cycles.
 //!
-//! The whole year is ONE `INSERT ... SELECT` over `generate_series`, with the "no slot on that
-//! date yet, active or not" check inside it (the Python job ran about 365 queries per object).
-//! Concurrent runs are serialised by a transaction-scoped advisory lock taken before that
-//! statement; under READ COMMITTED the statement's snapshot is taken after the lock is granted,
-//! so the second run sees the first run's slots and inserts nothing twice.
+//! Each page of [`OBJECTS_PER_STATEMENT`] objects (by id) plans its whole year in ONE
+//! `INSERT ... SELECT` over `generate_series`, with the "no slot on that date yet, active or not"
+//! check inside it: about five statements per 500 objects, where the Python job ran about 365
+//! queries per object. Paging bounds the transaction (about 180,000 rows) and the time its locks
+//! are held, whatever the number of objects; the worker's own memory is a few counters. Each
+//! page's statement is serialised with concurrent runs by a transaction-scoped advisory lock
+//! taken first; under READ COMMITTED its snapshot is taken after the lock is granted, so a second
+//! run sees the first run's slots and inserts nothing twice.
 
 use chrono::{DateTime, Datelike, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,9 @@ use crate::{Context, JobError, db};
 
 /// The advisory lock key of the planner ("STAFPLAN" in ASCII).
 pub const ADVISORY_LOCK_KEY: i64 = 0x5354_4146_504C_414E;
+
+/// Objects planned per statement (and transaction).
+pub const OBJECTS_PER_STATEMENT: i64 = 500;
 
 /// No arguments.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,21 +71,14 @@ pub async fn plan_next_year_timeslots_at(
     plan_timeslots_for_year(ctx, year).await
 }
 
-/// Plans `year`.
-pub async fn plan_timeslots_for_year(ctx: &Context, year: i32) -> Result<PlanReport, JobError> {
-    let (first, last) = match (
-        NaiveDate::from_ymd_opt(year, 1, 1),
-        NaiveDate::from_ymd_opt(year, 12, 31),
-    ) {
-        (Some(first), Some(last)) if (1..=9998).contains(&year) => (first, last),
-        _ => return Err(JobError::invalid(format!("year {year} is out of range"))),
-    };
-    let days_after_first =
-        i32::try_from((last - first).num_days()).map_err(|_| JobError::invalid("year length"))?;
-    let cycle_start = first
-        .checked_sub_days(Days::new(u64::from(first.weekday().num_days_from_monday())))
-        .ok_or_else(|| JobError::invalid(format!("year {year} is out of range")))?;
-
+/// Plans one page of objects: those active with `after < id <= bound`.
+async fn plan_page(
+    ctx: &Context,
+    (after, bound): (i32, i32),
+    first: NaiveDate,
+    days_after_first: i32,
+    cycle_start: NaiveDate,
+) -> Result<Counts, JobError> {
     let mut tx = db::begin(ctx).await?;
     ctx.count_statement();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -91,7 +90,7 @@ pub async fn plan_timeslots_for_year(ctx: &Context, year: i32) -> Result<PlanRep
         "WITH objs AS ( \
              SELECT id, opening_time, closing_time, hourly_rate, work_days_mask, \
                     GREATEST(schedule_repeat_weeks, 1) AS repeat_weeks \
-             FROM objects WHERE is_active = true \
+             FROM objects WHERE is_active = true AND id > $4 AND id <= $5 \
          ), days AS ( \
              SELECT d, \
                     EXTRACT(ISODOW FROM d)::int - 1 AS weekday, \
@@ -119,9 +118,53 @@ pub async fn plan_timeslots_for_year(ctx: &Context, year: i32) -> Result<PlanRep
     .bind(first)
     .bind(days_after_first)
     .bind(cycle_start)
+    .bind(after)
+    .bind(bound)
     .fetch_one(&mut *tx)
     .await?;
     db::commit(ctx, tx).await?;
+    Ok(counts)
+}
+
+/// Plans `year`.
+pub async fn plan_timeslots_for_year(ctx: &Context, year: i32) -> Result<PlanReport, JobError> {
+    let (first, last) = match (
+        NaiveDate::from_ymd_opt(year, 1, 1),
+        NaiveDate::from_ymd_opt(year, 12, 31),
+    ) {
+        (Some(first), Some(last)) if (1..=9998).contains(&year) => (first, last),
+        _ => return Err(JobError::invalid(format!("year {year} is out of range"))),
+    };
+    let days_after_first =
+        i32::try_from((last - first).num_days()).map_err(|_| JobError::invalid("year length"))?;
+    let cycle_start = first
+        .checked_sub_days(Days::new(u64::from(first.weekday().num_days_from_monday())))
+        .ok_or_else(|| JobError::invalid(format!("year {year} is out of range")))?;
+
+    let mut totals = Counts {
+        objects: 0,
+        candidates: 0,
+        created: 0,
+    };
+    let mut after = 0i32;
+    loop {
+        ctx.count_statement();
+        let bound: Option<i32> = sqlx::query_scalar(
+            "SELECT max(id) FROM (SELECT id FROM objects WHERE is_active = true AND id > $1 \
+             ORDER BY id LIMIT $2) AS page",
+        )
+        .bind(after)
+        .bind(OBJECTS_PER_STATEMENT)
+        .fetch_one(ctx.db())
+        .await?;
+        let Some(bound) = bound else { break };
+        let page = plan_page(ctx, (after, bound), first, days_after_first, cycle_start).await?;
+        totals.objects += page.objects;
+        totals.candidates += page.candidates;
+        totals.created += page.created;
+        after = bound;
+    }
+    let counts = totals;
 
     let report = PlanReport {
         year,

@@ -18,8 +18,11 @@
 //! a NUMERIC column are caught before PostgreSQL: such a shift is closed without totals and
 //! reported in `errors` for payroll to look at.
 //!
-//! Timezones and DST: see [`crate::local_time`]. Afterwards the cache keys the web app reads are
-//! invalidated and one `shift_closed` / `schedule_closed` event per row is published.
+//! Timezones and DST: see [`crate::local_time`]. After each page, the cache keys the web app
+//! reads for that page's rows are invalidated and one `shift_closed` / `schedule_closed` event
+//! per row is published; the pattern families once at the end. So a run keeps one page in memory
+//! whatever the number of rows (a million active shifts: about 2,000 statements and a few MB),
+//! and `errors` keeps at most [`MAX_REPORTED_ERRORS`] lines (then says how many more).
 
 mod schedules;
 mod shifts;
@@ -33,6 +36,9 @@ use crate::{Context, JobError};
 
 /// Rows read and written per statement.
 pub const PAGE: i64 = 1000;
+
+/// Row errors listed in a report; more are counted in one last line.
+pub const MAX_REPORTED_ERRORS: usize = 100;
 
 /// No arguments.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,11 +71,47 @@ pub(crate) struct Closed {
     object_id: i32,
 }
 
+/// Row errors, at most [`MAX_REPORTED_ERRORS`] of them kept.
+#[derive(Debug, Default)]
+pub(crate) struct RowErrors {
+    kept: Vec<String>,
+    more: usize,
+}
+
+impl RowErrors {
+    pub(crate) fn push(&mut self, error: String) {
+        if self.kept.len() < MAX_REPORTED_ERRORS {
+            self.kept.push(error);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn into_report(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.kept.push(format!("... and {} more rows", self.more));
+        }
+        self.kept
+    }
+}
+
+/// Which rows a pass closes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Kind {
+    #[default]
+    Shifts,
+    Schedules,
+}
+
 /// What one pass (shifts or schedules) did.
 #[derive(Debug, Default)]
 pub(crate) struct Pass {
+    kind: Kind,
+    /// Closed in the current page and not announced yet (see [`Pass::page_done`]).
     closed: Vec<Closed>,
-    errors: Vec<String>,
+    /// Closed and announced.
+    closed_total: usize,
+    errors: RowErrors,
     /// Set when the database went away: the pass stopped there.
     transient: Option<JobError>,
 }
@@ -86,62 +128,87 @@ pub async fn auto_close_shifts_at(
 ) -> Result<AutoCloseReport, JobError> {
     let mut shift_pass = Pass::default();
     shifts::close_due(ctx, now, &mut shift_pass).await;
-    let mut schedule_pass = Pass::default();
+    shift_pass.page_done(ctx, now).await;
+    let mut schedule_pass = Pass {
+        kind: Kind::Schedules,
+        ..Pass::default()
+    };
     if shift_pass.transient.is_none() {
         schedules::close_due(ctx, now, &mut schedule_pass).await;
+        schedule_pass.page_done(ctx, now).await;
     }
 
     let mut errors = shift_pass.errors;
-    errors.extend(schedule_pass.errors);
-
-    let mut invalidation = Invalidation::new();
-    for shift in &shift_pass.closed {
-        invalidation
-            .key(format!("shift:{}", shift.id))
-            .key(format!("active_shifts:{}", shift.user_id));
+    for e in schedule_pass.errors.into_report() {
+        errors.push(e);
     }
-    if !shift_pass.closed.is_empty() || !schedule_pass.closed.is_empty() {
+    if shift_pass.closed_total > 0 || schedule_pass.closed_total > 0 {
+        let mut invalidation = Invalidation::new();
         invalidation
             .pattern("calendar_shifts:*")
             .pattern("api_response:*");
+        if let Err(e) = invalidation.run(ctx).await {
+            errors.push(format!("cache invalidation: {e}"));
+        }
     }
-    if !invalidation.is_empty()
-        && let Err(e) = invalidation.run(ctx).await
-    {
-        errors.push(format!("cache invalidation: {e}"));
-    }
-
-    let shift_events = shift_pass
-        .closed
-        .iter()
-        .map(|s| ShiftEvent::shift_closed(s.id, s.user_id, s.object_id, now));
-    let schedule_events = schedule_pass.closed.iter().map(|s| {
-        ShiftEvent::schedule(EventType::ScheduleClosed, s.id, s.user_id, s.object_id, now)
-    });
-    let all: Vec<ShiftEvent> = shift_events.chain(schedule_events).collect();
-    if let Err(e) = events::publish(ctx, &all).await {
-        errors.push(format!("publishing shifts:updates events: {e}"));
-    }
+    let errors = errors.into_report();
 
     tracing::info!(
-        closed_shifts = shift_pass.closed.len(),
-        closed_schedules = schedule_pass.closed.len(),
+        closed_shifts = shift_pass.closed_total,
+        closed_schedules = schedule_pass.closed_total,
         errors = errors.len(),
         "auto-close-shifts done"
     );
     if let Some(e) = shift_pass.transient.or(schedule_pass.transient) {
-        // What was closed stays closed (and was invalidated above); the retry does the rest.
+        // What was closed stays closed (and was announced page by page); the retry does the rest.
         return Err(e);
     }
     Ok(AutoCloseReport {
         success: errors.is_empty(),
-        closed_count: shift_pass.closed.len(),
-        closed_schedules: schedule_pass.closed.len(),
+        closed_count: shift_pass.closed_total,
+        closed_schedules: schedule_pass.closed_total,
         errors,
     })
 }
 
 impl Pass {
+    /// Announces the rows closed since the last call: their cache keys are invalidated and one
+    /// event each is published on `shifts:updates`. Failures there are row errors: the rows
+    /// are closed all the same.
+    pub(crate) async fn page_done(&mut self, ctx: &Context, now: DateTime<Utc>) {
+        if self.closed.is_empty() {
+            return;
+        }
+        let page = std::mem::take(&mut self.closed);
+        self.closed_total += page.len();
+        let events: Vec<ShiftEvent> = match self.kind {
+            Kind::Shifts => {
+                let mut invalidation = Invalidation::new();
+                for shift in &page {
+                    invalidation
+                        .key(format!("shift:{}", shift.id))
+                        .key(format!("active_shifts:{}", shift.user_id));
+                }
+                if let Err(e) = invalidation.run(ctx).await {
+                    self.errors.push(format!("cache invalidation: {e}"));
+                }
+                page.iter()
+                    .map(|s| ShiftEvent::shift_closed(s.id, s.user_id, s.object_id, now))
+                    .collect()
+            }
+            Kind::Schedules => page
+                .iter()
+                .map(|s| {
+                    ShiftEvent::schedule(EventType::ScheduleClosed, s.id, s.user_id, s.object_id, now)
+                })
+                .collect(),
+        };
+        if let Err(e) = events::publish(ctx, &events).await {
+            self.errors
+                .push(format!("publishing shifts:updates events: {e}"));
+        }
+    }
+
     /// Records a failed statement: transient ones stop the pass, others are row errors.
     fn fail(&mut self, what: String, e: sqlx::Error) {
         let e = JobError::from(e);
@@ -150,5 +217,22 @@ impl Pass {
         } else {
             self.errors.push(format!("{what}: {e}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_errors_are_bounded_and_say_how_many_were_left_out() {
+        let mut errors = RowErrors::default();
+        for i in 0..(MAX_REPORTED_ERRORS + 25) {
+            errors.push(format!("shift {i}: bad"));
+        }
+        let report = errors.into_report();
+        assert_eq!(report.len(), MAX_REPORTED_ERRORS + 1);
+        assert_eq!(report.last().unwrap(), "... and 25 more rows");
+        assert!(RowErrors::default().into_report().is_empty());
     }
 }

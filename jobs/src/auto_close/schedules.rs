@@ -63,6 +63,7 @@ pub(super) async fn close_due(ctx: &Context, now: DateTime<Utc>, pass: &mut Pass
             })
             .collect();
         write(ctx, &batch, pass).await;
+        pass.page_done(ctx, now).await;
         if pass.transient.is_some() || (page.len() as i64) < PAGE {
             return;
         }

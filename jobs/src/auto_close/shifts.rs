@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveTime, Utc};
 use rust_decimal::Decimal;
 
-use super::{Closed, PAGE, Pass};
+use super::{Closed, PAGE, Pass, RowErrors};
 use crate::Context;
 use crate::error::sqlx_is_transient;
 use crate::local_time::{next_local_time_after, object_timezone};
@@ -58,6 +58,7 @@ pub(super) async fn close_due(ctx: &Context, now: DateTime<Utc>, pass: &mut Pass
             .filter_map(|shift| closing(ctx, shift, now, &mut pass.errors))
             .collect();
         write(ctx, &batch, pass).await;
+        pass.page_done(ctx, now).await;
         if pass.transient.is_some() || (page.len() as i64) < PAGE {
             return;
         }
@@ -69,7 +70,7 @@ fn closing(
     ctx: &Context,
     shift: &OpenShift,
     now: DateTime<Utc>,
-    errors: &mut Vec<String>,
+    errors: &mut RowErrors,
 ) -> Option<Closing> {
     let tz = object_timezone(
         shift.timezone.as_deref(),

@@ -255,10 +255,40 @@ async fn invalidates_calendar_timeslots_and_api_responses() {
     }
     let before = env.ctx.statements_executed();
     plan_timeslots_for_year(&env.ctx, 2027).await.expect("plan");
-    // BEGIN, advisory lock, the INSERT ... SELECT, COMMIT.
-    assert_eq!(env.ctx.statements_executed() - before, 4);
+    // The page's bound, BEGIN, advisory lock, the INSERT ... SELECT, COMMIT; then the bound
+    // query that finds no more objects.
+    assert_eq!(env.ctx.statements_executed() - before, 6);
     assert!(!env.exists("calendar_timeslots:1:2027-01").await);
     assert!(!env.exists("calendar_timeslots:2:2027-02").await);
     assert!(!env.exists("api_response:abc").await);
     assert!(env.exists("user:1").await, "other families stay");
+}
+
+#[tokio::test]
+async fn plans_every_object_page_by_page() {
+    let env = TestEnv::new().await;
+    let first = env.object(ObjectSpec::default()).await;
+    // One full page and one more object, copies of the first.
+    let copies = jobs::planner::OBJECTS_PER_STATEMENT;
+    sqlx::query(
+        "INSERT INTO objects (name, owner_id, opening_time, closing_time, hourly_rate, \
+                              work_days_mask, schedule_repeat_weeks, is_active) \
+         SELECT name || g, owner_id, opening_time, closing_time, hourly_rate, work_days_mask, \
+                schedule_repeat_weeks, true FROM objects, generate_series(1, $2) g WHERE id = $1",
+    )
+    .bind(first)
+    .bind(copies)
+    .execute(&env.pool)
+    .await
+    .expect("copies");
+    let before = env.ctx.statements_executed();
+    let report = plan_timeslots_for_year(&env.ctx, 2027).await.expect("plan");
+    assert_eq!(report.objects, copies + 1);
+    // 2027 has 261 weekdays; Mon-Fri objects get one slot each.
+    assert_eq!(report.created, (copies + 1) * 261);
+    // Two pages of five statements, and the last bound query.
+    assert_eq!(env.ctx.statements_executed() - before, 11);
+    let again = plan_timeslots_for_year(&env.ctx, 2027).await.expect("again");
+    assert_eq!(again.created, 0);
+    assert_eq!(again.skipped_existing, (copies + 1) * 261);
 }
