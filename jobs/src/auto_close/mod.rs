@@ -37,6 +37,15 @@ use crate::{Context, JobError};
 /// Rows read and written per statement.
 pub const PAGE: i64 = 1000;
 
+/// Where paging starts: before any start time StaffProBot holds (year 1; PostgreSQL's own
+/// minimum is 4713 BC, chrono's is further still and cannot be sent).
+pub(crate) fn start() -> (DateTime<Utc>, i32) {
+    (
+        DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::UNIX_EPOCH),
+        0,
+    )
+}
+
 /// Row errors listed in a report; more are counted in one last line.
 pub const MAX_REPORTED_ERRORS: usize = 100;
 

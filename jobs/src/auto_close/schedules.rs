@@ -26,9 +26,11 @@ struct OpenSchedule {
 const DEFAULT_AUTO_CLOSE_MINUTES: i32 = 60;
 
 pub(super) async fn close_due(ctx: &Context, now: DateTime<Utc>, pass: &mut Pass) {
-    let mut after = 0;
+    let mut after = super::start();
     loop {
         ctx.count_statement();
+        // Keyed on (planned_start, id) along the `(status, planned_start)` index: see the
+        // shifts' pass.
         let page: Vec<OpenSchedule> = match sqlx::query_as(
             "SELECT ss.id, ss.object_id, ss.planned_start, ts.end_time AS slot_end, \
                     o.closing_time, o.auto_close_minutes, o.timezone \
@@ -36,11 +38,13 @@ pub(super) async fn close_due(ctx: &Context, now: DateTime<Utc>, pass: &mut Pass
              LEFT JOIN objects o ON o.id = ss.object_id \
              LEFT JOIN time_slots ts ON ts.id = ss.time_slot_id \
              WHERE ss.status IN ('planned', 'confirmed') AND ss.auto_closed IS NOT TRUE \
-               AND ss.planned_start < $1 AND ss.id > $2 \
-             ORDER BY ss.id LIMIT $3",
+               AND ss.planned_start < $1 \
+               AND ss.planned_start >= $2 AND (ss.planned_start, ss.id) > ($2, $3) \
+             ORDER BY ss.planned_start, ss.id LIMIT $4",
         )
         .bind(now)
-        .bind(after)
+        .bind(after.0)
+        .bind(after.1)
         .bind(PAGE)
         .fetch_all(ctx.db())
         .await
@@ -49,7 +53,7 @@ pub(super) async fn close_due(ctx: &Context, now: DateTime<Utc>, pass: &mut Pass
             Err(e) => return pass.fail("selecting planned schedules".to_owned(), e),
         };
         let Some(last) = page.last() else { return };
-        after = last.id;
+        after = (last.planned_start, last.id);
 
         let batch: Vec<(i32, DateTime<Utc>)> = page
             .iter()
@@ -112,23 +116,19 @@ async fn write(ctx: &Context, batch: &[(i32, DateTime<Utc>)], pass: &mut Pass) {
 async fn update(ctx: &Context, batch: &[(i32, DateTime<Utc>)]) -> Result<Vec<Closed>, sqlx::Error> {
     let ids: Vec<i32> = batch.iter().map(|(id, _)| *id).collect();
     let ends: Vec<DateTime<Utc>> = batch.iter().map(|(_, end)| *end).collect();
-    // See `shifts::update` for why the id range and the unnamed statement.
-    let first_id = ids.iter().min().copied().unwrap_or_default();
-    let last_id = ids.iter().max().copied().unwrap_or_default();
+    // See `shifts::update` for why the statement is unnamed.
     sqlx::query_as(
         "UPDATE shift_schedules AS ss \
          SET status = 'completed', planned_end = v.planned_end, auto_closed = true, \
              updated_at = now() \
          FROM UNNEST($1::int4[], $2::timestamptz[]) AS v(id, planned_end) \
-         WHERE ss.id BETWEEN $3 AND $4 AND ss.id = v.id \
+         WHERE ss.id = v.id \
            AND ss.status IN ('planned', 'confirmed') \
            AND ss.auto_closed IS NOT TRUE \
          RETURNING ss.id, ss.user_id, ss.object_id",
     )
     .bind(ids)
     .bind(ends)
-    .bind(first_id)
-    .bind(last_id)
     .persistent(false)
     .fetch_all(ctx.counted())
     .await
