@@ -16,6 +16,7 @@ pub mod process;
 pub mod python;
 pub mod results;
 pub mod scheduler;
+pub mod services;
 
 use std::path::PathBuf;
 use std::process::Output;

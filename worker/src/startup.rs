@@ -38,6 +38,7 @@ use crate::adapters::http::{
 };
 use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::redis_conn::{self, InvalidRedisUrl, RedisConnectError};
+use crate::adapters::redis_eviction;
 use crate::adapters::results::{ResultStore, ResultWriter};
 use crate::app::engine::{self, Executor, ExecutorSettings, QueueHealth};
 use crate::app::registry::{Registry, catalogue, registry};
@@ -147,6 +148,7 @@ impl Worker {
         );
 
         let (client, redis) = redis_conn::connect(&conn.redis_url_with_db(), None).await?;
+        redis_eviction::read(&redis).await.log();
         let store = ResultStore::new(
             client,
             redis.clone(),

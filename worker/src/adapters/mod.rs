@@ -14,4 +14,5 @@ pub(crate) mod delay;
 pub(crate) mod http;
 pub(crate) mod postgres;
 pub(crate) mod redis_conn;
+pub(crate) mod redis_eviction;
 pub mod results;

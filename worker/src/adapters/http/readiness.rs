@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::adapters::broker::BrokerError;
 use crate::adapters::broker::publisher::Publisher;
+use crate::adapters::redis_eviction;
 use crate::app::engine::QueueHealth;
 
 use crate::metrics::METRICS;
@@ -69,7 +70,14 @@ impl Dependencies {
         .await
         .map_err(|_| TIMED_OUT)
         .and_then(|r| r.map(drop).map_err(|e| redis_problem(&e)));
-        out.insert("redis", status(redis));
+        let mut redis = status(redis);
+        if redis["ok"] == true {
+            // A fixed policy name and phrase: nothing here comes from the server but the name.
+            let eviction = redis_eviction::read(&self.redis).await;
+            redis["maxmemory_policy"] = Value::from(eviction.policy());
+            redis["eviction_risk"] = Value::from(eviction.risk());
+        }
+        out.insert("redis", redis);
         if let Some(pool) = &self.postgres {
             let pg = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(pool))
                 .await

@@ -1,0 +1,121 @@
+//! Private service instances for fault tests — a Redis with its own settings, a RabbitMQ node —
+//! started by `scripts/services/` on loopback and stopped by PID when dropped, even when the
+//! test fails. The shared services are never touched.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use super::root;
+
+/// Runs `scripts/services/<script> <args>` and returns its `KEY=value` lines.
+fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> HashMap<String, String> {
+    let path = root().join("scripts/services").join(script);
+    let out = Command::new(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A redis-server of the test's own (`scripts/services/redis-instance`).
+pub struct PrivateRedis {
+    pub url: String,
+    pub port: String,
+    args: Vec<String>,
+    dir: Option<String>,
+}
+
+impl PrivateRedis {
+    /// Start one with these extra server arguments (e.g. `--maxmemory 2mb`).
+    pub fn start(args: &[&str]) -> Self {
+        let mut redis = Self {
+            url: String::new(),
+            port: String::new(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            dir: None,
+        };
+        redis.start_again();
+        redis
+    }
+
+    /// Stop the server (SIGTERM by PID): the fault.
+    pub fn stop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            run_script("redis-instance", &["stop", &dir], &[]);
+        }
+    }
+
+    /// Start it again on the same port with the same settings (and no data: it keeps none).
+    pub fn start_again(&mut self) {
+        self.stop();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut start = vec!["start"];
+        start.extend(args);
+        let env: Vec<(&str, &str)> = if self.port.is_empty() {
+            vec![]
+        } else {
+            vec![("PORT", self.port.as_str())]
+        };
+        let kv = run_script("redis-instance", &start, &env);
+        self.url = kv["URL"].clone();
+        self.port = kv["PORT"].clone();
+        self.dir = Some(kv["DIR"].clone());
+    }
+
+    /// A connection to it.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("private Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the private Redis")
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A RabbitMQ node of the test's own (`scripts/services/rabbitmq-node`).
+pub struct PrivateRabbit {
+    pub url: String,
+    dir: Option<String>,
+}
+
+impl PrivateRabbit {
+    pub fn start() -> Self {
+        let kv = run_script("rabbitmq-node", &["start"], &[]);
+        Self {
+            url: kv["URL"].clone(),
+            dir: Some(kv["DIR"].clone()),
+        }
+    }
+
+    /// Stop the node and boot it again with the same name, ports and data (durable queues and
+    /// persistent messages survive).
+    pub fn restart(&self) {
+        let dir = self.dir.as_deref().expect("node running");
+        run_script("rabbitmq-node", &["halt", dir], &[]);
+        run_script("rabbitmq-node", &["resume", dir], &[]);
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            run_script("rabbitmq-node", &["stop", dir.as_str()], &[]);
+        }
+    }
+}
