@@ -20,6 +20,8 @@ mod adapters;
 mod app;
 mod backoff;
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 pub mod settings;
 pub mod shutdown;

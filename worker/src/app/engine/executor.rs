@@ -35,13 +35,11 @@ use crate::adapters::results::ResultWriter;
 use crate::app::registry::{CallArgs, ErasedJob, JobContext, Registry};
 use crate::metrics::METRICS;
 use crate::settings::TimeLimits;
-use crate::wire::amqp_value::{self, MAX_HEADER_DEPTH};
-use crate::wire::message::{Limits, RawMessage, decode};
+use crate::wire::delivery::{self, Delivered};
+use crate::wire::message::Limits;
 use crate::wire::outgoing::MAX_DELAY;
 use crate::wire::result::Origin;
-use crate::wire::{
-    DecodeError, DecodeFailure, OutgoingMessage, Properties, ResultMeta, TaskError, TaskMessage,
-};
+use crate::wire::{DecodeFailure, OutgoingMessage, Properties, ResultMeta, TaskError, TaskMessage};
 
 /// How tasks are run and results written.
 #[derive(Debug, Clone)]
@@ -187,37 +185,8 @@ impl Executor {
 
     /// Decode and run the delivery; returns how to settle it.
     async fn decide(&self, queue: &str, delivery: &Delivery) -> Settle {
-        let properties = &delivery.properties;
-        let table = properties.headers().clone().unwrap_or_default();
-        // Measured without recursion before anything recursive touches the table.
-        let shape = amqp_value::shape(&table);
-        if shape.depth > MAX_HEADER_DEPTH {
-            let failure = DecodeFailure {
-                error: DecodeError::HeadersTooDeep {
-                    depth: shape.depth,
-                    limit: MAX_HEADER_DEPTH,
-                },
-                task_id: top_level_id(delivery),
-                task: top_level_string(&table, "task"),
-            };
-            return self.refuse_undecodable(queue, delivery, failure).await;
-        }
-        let headers = amqp_value::table_to_json(&table);
-        let text =
-            |s: &Option<lapin::types::ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-        let (content_type, content_encoding, correlation_id) = (
-            text(properties.content_type()),
-            text(properties.content_encoding()),
-            text(properties.correlation_id()),
-        );
-        let raw = RawMessage {
-            body: &delivery.data,
-            content_type: content_type.as_deref(),
-            content_encoding: content_encoding.as_deref(),
-            headers: &headers,
-            correlation_id: correlation_id.as_deref(),
-        };
-        match decode(raw, self.settings.limits) {
+        let delivered = Delivered::new(&delivery.properties, &delivery.data);
+        match delivery::read(delivered, self.settings.limits) {
             Ok(message) => {
                 let span = info_span!("task", task_id = %message.id, task = %message.task, queue, retries = message.retries);
                 self.run_message(queue, delivery, message)
@@ -526,8 +495,9 @@ impl Executor {
         err: &TaskError,
     ) -> Settle {
         let table = delivery.properties.headers().clone().unwrap_or_default();
-        let message = top_level_id(delivery)
-            .map(|id| TaskMessage::minimal(&id, top_level_string(&table, "task").as_deref()));
+        let message = top_level_id(delivery).map(|id| {
+            TaskMessage::minimal(&id, delivery::top_level_string(&table, "task").as_deref())
+        });
         let origin = message.as_ref().map(|m| self.origin(m, queue));
         self.dead_letter_then_fail(queue, delivery, reason, err, origin)
             .await
@@ -543,30 +513,9 @@ fn reports_errors(value: &Value) -> bool {
         .is_some_and(|e| !e.is_empty())
 }
 
-/// A top-level string header, read without converting the table.
-fn top_level_string(table: &lapin::types::FieldTable, name: &str) -> Option<String> {
-    match table.inner().get(name)? {
-        lapin::types::AMQPValue::LongString(s) => {
-            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
 /// The task id a delivery carries (`id` header, else the correlation id), if any.
 fn top_level_id(delivery: &Delivery) -> Option<String> {
-    delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|t| top_level_string(t, "id"))
-        .or_else(|| {
-            delivery
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.as_str().to_owned())
-        })
-        .filter(|id| !id.is_empty())
+    let table = delivery.properties.headers().clone().unwrap_or_default();
+    let correlation_id = delivery.properties.correlation_id().as_ref();
+    delivery::task_id(&table, correlation_id.map(|c| c.as_str()))
 }

@@ -55,6 +55,8 @@ pub(crate) trait ErasedJob: Send + Sync {
     fn queue(&self) -> &'static str;
     fn description(&self) -> &'static str;
     fn max_retries(&self) -> u32;
+    /// Bind the call to the job's parameters without running it.
+    fn bind(&self, call: &CallArgs) -> Result<(), TaskError>;
     fn call(&self, call: CallArgs, ctx: JobContext)
     -> BoxFuture<'static, Result<Value, TaskError>>;
 }
@@ -73,6 +75,9 @@ impl<J: Job> ErasedJob for Registered<J> {
     }
     fn max_retries(&self) -> u32 {
         J::MAX_RETRIES
+    }
+    fn bind(&self, call: &CallArgs) -> Result<(), TaskError> {
+        J::Args::bind(J::NAME, call).map(drop)
     }
     fn call(
         &self,
