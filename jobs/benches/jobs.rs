@@ -135,9 +135,7 @@ async fn run(pg: &str, db_name: &str, redis_url: &str, prefix: &str) -> BenchRes
         "  SQL statements: {statements}  |  Python algorithm: ~{} lookups (one per object-day) + one INSERT per slot",
         objects * days
     );
-    println!(
-        "  memory: peak RSS {peak:.1} MB during the run ({rss_before:.1} MB before it)"
-    );
+    println!("  memory: peak RSS {peak:.1} MB during the run ({rss_before:.1} MB before it)");
 
     let before = ctx.statements_executed();
     let started = Instant::now();

@@ -208,7 +208,13 @@ impl Pass {
             Kind::Schedules => page
                 .iter()
                 .map(|s| {
-                    ShiftEvent::schedule(EventType::ScheduleClosed, s.id, s.user_id, s.object_id, now)
+                    ShiftEvent::schedule(
+                        EventType::ScheduleClosed,
+                        s.id,
+                        s.user_id,
+                        s.object_id,
+                        now,
+                    )
                 })
                 .collect(),
         };

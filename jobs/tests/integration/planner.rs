@@ -288,7 +288,9 @@ async fn plans_every_object_page_by_page() {
     assert_eq!(report.created, (copies + 1) * 261);
     // Two pages of five statements, and the last bound query.
     assert_eq!(env.ctx.statements_executed() - before, 11);
-    let again = plan_timeslots_for_year(&env.ctx, 2027).await.expect("again");
+    let again = plan_timeslots_for_year(&env.ctx, 2027)
+        .await
+        .expect("again");
     assert_eq!(again.created, 0);
     assert_eq!(again.skipped_existing, (copies + 1) * 261);
 }
