@@ -142,7 +142,7 @@ async fn a_task_revoked_before_its_eta_never_runs() {
     let t = Names::new("rc-eta");
     let w = t.start(&t.node("a"), &[]);
     // Held in memory (eta within WORKER_ETA_HOLD, 5 s by default)...
-    let text = t.python("revoke_before_eta", &[&t.queue, "3"], &[&w]).await;
+    let text = t.python("revoke_before_eta", &[&t.queue, "4"], &[&w]).await;
     assert!(text.contains("ok scheduled shows the held task"), "{text}");
     assert!(text.contains("ok never ran"), "{text}");
     let held = result_line(&text)["id"].as_str().unwrap().to_owned();

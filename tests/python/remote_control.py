@@ -95,7 +95,7 @@ def revoke_before_eta(queue, countdown):
         # Held in memory for its eta: `scheduled` shows it.
         deadline = time.time() + 10
         while time.time() < deadline:
-            sched = app.control.inspect(timeout=TIMEOUT).scheduled() or {}
+            sched = app.control.inspect(timeout=TIMEOUT, limit=1).scheduled() or {}
             ids = [e["request"]["id"] for v in sched.values() for e in v]
             if r.id in ids:
                 break
@@ -104,7 +104,8 @@ def revoke_before_eta(queue, countdown):
         ok("scheduled shows the held task")
     else:
         time.sleep(1.0)
-    replies = app.control.revoke(r.id, reply=True, timeout=TIMEOUT)
+    # One worker: `limit=1` returns as its reply comes instead of waiting out the timeout.
+    replies = app.control.revoke(r.id, reply=True, timeout=TIMEOUT, limit=1)
     assert replies and all("flagged as revoked" in list(d.values())[0]["ok"] for d in replies), replies
     assert wait_state(r, ("REVOKED",), 5) == "REVOKED", r.state
     ok("REVOKED at once")
@@ -124,7 +125,7 @@ def terminate(queue):
     deadline = time.time() + 15
     active = {}
     while time.time() < deadline:
-        active = app.control.inspect(timeout=TIMEOUT).active() or {}
+        active = app.control.inspect(timeout=TIMEOUT, limit=1).active() or {}
         if any(t["id"] == r.id for v in active.values() for t in v):
             break
         time.sleep(0.1)
@@ -132,11 +133,11 @@ def terminate(queue):
     assert running and running[0]["name"] == "worker.sleep" and running[0]["args"] == [30], active
     assert running[0]["time_start"] > 0, running
     ok("active shows the running task")
-    q = app.control.inspect(timeout=TIMEOUT).query_task(r.id)
+    q = app.control.inspect(timeout=TIMEOUT, limit=1).query_task(r.id)
     assert any(v.get(r.id, [None])[0] == "active" for v in q.values()), q
     ok("query_task finds it active")
     start = time.time()
-    replies = app.control.revoke(r.id, terminate=True, reply=True, timeout=TIMEOUT)
+    replies = app.control.revoke(r.id, terminate=True, reply=True, timeout=TIMEOUT, limit=1)
     assert any(list(d.values())[0] == {"ok": f"terminate: {r.id}"} for d in replies), replies
     assert wait_state(r, ("REVOKED",), 5) == "REVOKED", r.state
     took = time.time() - start
