@@ -1,7 +1,8 @@
 //! What happens to one delivery, start to finish.
 //!
 //! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> skip
-//! if expired (REVOKED) -> if its eta is far, park it in the delayed store -> run within its
+//! if expired or revoked (REVOKED) -> if its eta is far, park it in the delayed store (near:
+//! wait, then check expiry and revoke again) -> run within its
 //! time limits, writing STARTED alongside -> SUCCESS, RETRY (republished) or FAILURE -> ack. The
 //! ack comes last, after the outcome is recorded: a crash anywhere before it means RabbitMQ
 //! redelivers the message (at-least-once), and a stored SUCCESS is never overwritten by the
@@ -13,6 +14,10 @@
 //! be recorded goes back to its queue, at most [`requeues::MAX_ATTEMPTS`] times, then it is
 //! parked in the dead-letter queue with the reason. Memory is bounded by an in-flight budget:
 //! a delivery is decoded only once its body fits in what the deliveries being processed leave.
+//!
+//! Every task from decode to settled is held in the engine's [`Inflight`] registry (what remote
+//! control's `active`/`reserved`/`scheduled` read); `revoke(terminate=True)` cancels its run
+//! through the registry's handle, and the task is stored REVOKED (`terminated`) and acked.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
