@@ -341,11 +341,24 @@ async fn worker_inspect_and_worker_revoke_round_trip() {
     t.cleanup().await;
 }
 
-/// The same CLI against a Python Celery 5.7 worker: the protocol is kombu's, not ours.
+/// The same CLI against a Python Celery 5.7 worker: the protocol is kombu's, not ours. And a
+/// revoke our worker holds reaches the Python worker as it starts (Celery's mingle `hello`).
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_inspect_speaks_to_a_python_celery_worker() {
     let t = Names::new("rc-py");
     let node = t.node("py");
+    let ours = t.start(&t.node("rs"), &[]);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .args(args)
+            .env("RABBITMQ_URL", RABBITMQ_URL)
+            .env("WORKER_CONTROL_EXCHANGE", &t.namespace)
+            .output()
+            .expect("run worker CLI")
+    };
+    let before = uuid::Uuid::new_v4().to_string();
+    let out = cli(&["revoke", &before, "--timeout", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let mut celery = std::process::Command::new(root().join(".venv/bin/celery"))
         .args([
             "-A",
@@ -353,7 +366,6 @@ async fn worker_inspect_speaks_to_a_python_celery_worker() {
             "worker",
             "--pool",
             "solo",
-            "--without-mingle",
             "--without-gossip",
             "-n",
             &node,
@@ -370,24 +382,89 @@ async fn worker_inspect_speaks_to_a_python_celery_worker() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start a Python Celery worker");
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .args(args)
-            .env("RABBITMQ_URL", RABBITMQ_URL)
-            .env("WORKER_CONTROL_EXCHANGE", &t.namespace)
-            .output()
-            .expect("run worker CLI")
+    let py = |method: &str| {
+        let out = cli(&["inspect", method, "--json", "--timeout", "2", "-d", &node]);
+        serde_json::from_str::<Value>(stdout(&out).trim()).unwrap_or(Value::Null)
     };
     let answered = wait_until(Duration::from_secs(30), || async {
-        let out = cli(&["inspect", "ping", "--json", "--timeout", "1"]);
-        out.status.success()
+        py("ping") == serde_json::json!({ node.clone(): {"ok": "pong"} })
     })
     .await;
-    let out = cli(&["inspect", "ping", "--json", "--timeout", "2"]);
+    let revoked = py("revoked");
+    let after = uuid::Uuid::new_v4().to_string();
+    let out = cli(&["revoke", &after, "--json", "--timeout", "2", "-d", &node]);
     let _ = celery.kill();
     let _ = celery.wait();
-    assert!(answered, "the Python worker never answered");
+    assert!(
+        answered,
+        "the Python worker never answered; ours:\n{}",
+        ours.logs()
+    );
+    assert!(
+        revoked[&node]
+            .as_array()
+            .is_some_and(|ids| ids.contains(&Value::from(before.as_str()))),
+        "the Python worker did not get our revoke at mingle: {revoked}"
+    );
     let doc: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(doc, serde_json::json!({ node.clone(): {"ok": "pong"} }));
+    assert_eq!(
+        doc[&node]["ok"],
+        format!("tasks {{'{after}'}} flagged as revoked"),
+        "{doc}"
+    );
+    t.cleanup().await;
+}
+
+/// Garbage on the mailbox (not JSON, oversized, wrong shapes, replies asked for elsewhere) is
+/// dropped; wrong arguments get error replies; the node answers afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_on_the_mailbox_is_dropped_and_the_node_keeps_answering() {
+    let t = Names::new("rc-bad");
+    let node = t.node("a");
+    let w = t.start(&node, &[]);
+    let (_conn, channel) = amqp().await;
+    let exchange = format!("{}.pidbox", t.namespace);
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let long_method = serde_json::json!({"method": "x".repeat(300)}).to_string();
+    let many = serde_json::json!({"method": "ping", "destination": vec!["n"; 2000]}).to_string();
+    let elsewhere = serde_json::json!({
+        "method": "ping", "arguments": {}, "destination": null, "ticket": "t",
+        "reply_to": {"exchange": "amq.direct", "routing_key": "stolen"}
+    })
+    .to_string();
+    let bodies: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        vec![0xff, 0xfe, 0x00],
+        b"[]".to_vec(),
+        b"{\"method\": 7}".to_vec(),
+        vec![b' '; 200 * 1024],
+        deep.into_bytes(),
+        long_method.into_bytes(),
+        many.into_bytes(),
+        elsewhere.into_bytes(),
+    ];
+    for body in &bodies {
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "".into(),
+                Default::default(),
+                body,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+    let text = t.python("bad_arguments", &[&node], &[&w]).await;
+    assert!(text.contains("ok bad arguments"), "{text}");
+    assert!(w.is_alive_now(), "{}", w.logs());
+    let logs = w.wait_for_log_count(
+        "ignoring an unreadable remote control message",
+        8,
+        Duration::from_secs(5),
+    );
+    assert!(logs.contains("names another reply exchange"), "{logs}");
     t.cleanup().await;
 }

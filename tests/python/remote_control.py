@@ -180,7 +180,25 @@ def revoked_on(task_id, nodes):
     ok("revoked after restart")
 
 
-if check == "inspect":
+def bad_arguments(node):
+    """Arguments of the wrong type get an error reply, and the node keeps answering."""
+    c = app.control
+    for arguments, needle in [
+        ({"task_id": 5}, "not a string"),
+        ({"task_id": ["x"] * 10001}, "at most 10000"),
+        ({}, "missing 1 required positional argument"),
+    ]:
+        got = c.broadcast("revoke", arguments=arguments, reply=True, timeout=TIMEOUT, limit=1)
+        assert got and needle in got[0][node]["error"], (arguments if len(str(arguments)) < 100 else "...", got)
+    got = c.broadcast("query_task", arguments={"ids": {"a": 1}}, reply=True, timeout=TIMEOUT, limit=1)
+    assert "error" in got[0][node], got
+    assert c.inspect(timeout=TIMEOUT, limit=1).ping() == {node: {"ok": "pong"}}
+    ok("bad arguments")
+
+
+if check == "bad_arguments":
+    bad_arguments(args[0])
+elif check == "inspect":
     inspect(args[0].split(","))
 elif check == "revoke_before_eta":
     revoke_before_eta(args[0], float(args[1]))
