@@ -462,20 +462,7 @@ async fn remote_control(
     results: &ResultStore,
     redis: &redis::aio::ConnectionManager,
 ) -> Arc<Panel> {
-    let revoked = Arc::new(Revoked::default());
     let store = RevokedStore::new(redis.clone(), &conn.key_prefix);
-    let now = chrono::Utc::now();
-    match store.load(now).await {
-        Ok(ids) => {
-            for (id, until) in &ids {
-                revoked.insert(id, *until, now);
-            }
-            if !ids.is_empty() {
-                info!(count = ids.len(), "revoked task ids loaded from Redis");
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot load the revoked task ids from Redis"),
-    }
     let limits = run.time_limits();
     let facts = Facts {
         registered: registry.iter().map(|j| j.name().to_owned()).collect(),
@@ -488,14 +475,16 @@ async fn remote_control(
             limits.hard.map(|d| d.as_secs_f64()),
         ),
     };
-    Arc::new(Panel::new(
+    let panel = Panel::new(
         hostname.to_owned(),
         Arc::default(),
-        revoked,
+        Arc::new(Revoked::default()),
         store,
         results.clone(),
         facts,
-    ))
+    );
+    panel.load_revoked().await;
+    Arc::new(panel)
 }
 
 fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {

@@ -5,7 +5,9 @@
 //!
 //! kombu consumes with `no_ack`; we ack after handling, under a prefetch of
 //! [`PREFETCH`], so a flood of requests waits in RabbitMQ (300 s message TTL) instead of in
-//! our memory. Replies go only to `reply.<namespace>.pidbox`: a request naming another
+//! our memory (lapin still reads a message whole before we can look at its size, so a
+//! prefetch of a few keeps that to a few messages). Each (re)connection first reloads the
+//! revoked ids from Redis: a revoke broadcast while this node was away is not missed. Replies go only to `reply.<namespace>.pidbox`: a request naming another
 //! exchange would have us declare or publish wherever an attacker points, so it gets none.
 //! Anything unreadable is logged and dropped; nothing a request holds ends the loop.
 
@@ -28,7 +30,7 @@ use crate::shutdown::{Phase, Shutdown};
 use crate::wire::control::{ControlMessage, ControlRequest, MailboxNames, queue_arguments};
 
 /// Requests handled at once per node (they are handled one after the other).
-const PREFETCH: u16 = 16;
+const PREFETCH: u16 = 4;
 
 /// Serve remote control for `panel.node` until the shutdown reaches its background phase.
 pub(crate) async fn run(url: String, names: MailboxNames, panel: Arc<Panel>, shutdown: Shutdown) {
@@ -71,6 +73,8 @@ async fn serve(conn: &Connection, names: &MailboxNames, panel: &Panel) -> Result
         .map_err(BrokerError::amqp("basic.qos"))?;
     let queue = names.node_queue(&panel.node);
     declare(&channel, names, &queue).await?;
+    // Revokes broadcast while this node was not listening reached the others, and Redis.
+    panel.load_revoked().await;
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),

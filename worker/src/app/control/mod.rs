@@ -162,6 +162,24 @@ impl Panel {
         }
     }
 
+    /// Add the revoked ids kept in Redis to those in memory: at startup, before any task can
+    /// arrive, and each time the mailbox reconnects (a broadcast sent while it was away reached
+    /// the other replicas, which kept it in Redis).
+    pub(crate) async fn load_revoked(&self) {
+        let now = chrono::Utc::now();
+        match self.store.load(now).await {
+            Ok(ids) => {
+                for (id, until) in &ids {
+                    self.revoked.insert(id, *until, now);
+                }
+                if !ids.is_empty() {
+                    tracing::info!(count = ids.len(), "revoked task ids loaded from Redis");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load the revoked task ids from Redis"),
+        }
+    }
+
     pub(crate) fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
