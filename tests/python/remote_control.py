@@ -40,7 +40,9 @@ def wait_state(r, states, timeout):
 
 
 def inspect(nodes):
-    i = app.control.inspect(timeout=TIMEOUT)
+    # `limit`: return once every node replied instead of waiting out the timeout each time.
+    count = len(nodes)
+    i = app.control.inspect(timeout=TIMEOUT, limit=count)
     ping = i.ping()
     assert ping == {n: {"ok": "pong"} for n in nodes}, ping
     ok("ping")
@@ -73,17 +75,17 @@ def inspect(nodes):
     assert q == {n: {} for n in nodes}, q
     ok("query_task")
     c = app.control
-    en = c.broadcast("enable_events", reply=True, timeout=TIMEOUT)
+    en = c.broadcast("enable_events", reply=True, timeout=TIMEOUT, limit=count)
     assert sorted(en, key=lambda d: list(d)[0]) == [{n: {"ok": "task events enabled"}} for n in sorted(nodes)], en
-    again = c.broadcast("enable_events", reply=True, timeout=TIMEOUT)
+    again = c.broadcast("enable_events", reply=True, timeout=TIMEOUT, limit=count)
     assert all(list(d.values())[0] == {"ok": "task events already enabled"} for d in again), again
-    dis = c.broadcast("disable_events", reply=True, timeout=TIMEOUT)
+    dis = c.broadcast("disable_events", reply=True, timeout=TIMEOUT, limit=count)
     assert all(list(d.values())[0] == {"ok": "task events disabled"} for d in dis), dis
     ok("enable_events/disable_events")
-    unknown = c.broadcast("no_such_command", reply=True, timeout=TIMEOUT)
+    unknown = c.broadcast("no_such_command", reply=True, timeout=TIMEOUT, limit=count)
     assert sorted(unknown, key=lambda d: list(d)[0]) == [{n: {"error": "KeyError('no_such_command')"}} for n in sorted(nodes)], unknown
     ok("unknown command")
-    # One node at a time: only it answers.
+    # One node at a time: only it answers (no limit: the other would have time to answer too).
     one = app.control.inspect(destination=[nodes[0]], timeout=TIMEOUT).ping()
     assert one == {nodes[0]: {"ok": "pong"}}, one
     ok("destination")
@@ -153,11 +155,11 @@ def terminate(queue):
 
 def revoke_id(task_id, nodes):
     """Revoke an id that was never sent; every node must say so and list it."""
-    replies = app.control.revoke(task_id, reply=True, timeout=TIMEOUT)
+    replies = app.control.revoke(task_id, reply=True, timeout=TIMEOUT, limit=len(nodes))
     got = {list(d)[0] for d in replies}
     assert got == set(nodes), replies
     ok("every replica took the revoke")
-    revoked = app.control.inspect(timeout=TIMEOUT).revoked()
+    revoked = app.control.inspect(timeout=TIMEOUT, limit=len(nodes)).revoked()
     for n in nodes:
         assert task_id in revoked[n], revoked
     ok("every replica lists it")
