@@ -62,6 +62,7 @@ pub(crate) struct Target {
 
 #[derive(Debug, Args)]
 pub(crate) struct InspectArgs {
+    /// The inspect command, as `celery inspect` names it.
     pub method: Method,
     #[command(flatten)]
     pub target: Target,
