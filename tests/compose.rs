@@ -23,7 +23,7 @@ const READ_OUTSIDE_CLAP: &[&str] = &["RUST_LOG", "LOG_FORMAT"];
 const LEFT_TO_THE_WORKER: &[(&str, &str)] = &[
     (
         "WORKER_HOSTNAME",
-        "the default `worker@<container id>` tells replicas apart",
+        "the default `celery@<container id>` tells replicas apart (and names each one's remote control queue)",
     ),
     (
         "WORKER_NO_HTTP",

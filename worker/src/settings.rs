@@ -79,6 +79,16 @@ pub struct ConnectionSettings {
         global = true
     )]
     pub key_prefix: String,
+
+    /// Celery's `control_exchange`: remote control listens on `<this>.pidbox` and replies on
+    /// `reply.<this>.pidbox`, as Python workers and `app.control` do with the same setting.
+    #[arg(
+        long,
+        env = "WORKER_CONTROL_EXCHANGE",
+        default_value = "celery",
+        global = true
+    )]
+    pub control_exchange: String,
 }
 
 // By hand: a derived Debug would print the URLs' passwords.
@@ -93,6 +103,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("result_expires", &self.result_expires)
             .field("result_key_prefix", &self.result_key_prefix)
             .field("key_prefix", &self.key_prefix)
+            .field("control_exchange", &self.control_exchange)
             .finish()
     }
 }
@@ -132,7 +143,9 @@ pub struct RunSettings {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
 
-    /// Name written into results' `worker` field and STARTED's `hostname`.
+    /// The node name: remote control's `<name>.<control_exchange>.pidbox` queue and the name
+    /// in its replies, results' `worker` field and STARTED's `hostname`. Unique per replica;
+    /// by default `celery@<hostname>`, as Celery names its workers.
     #[arg(long, env = "WORKER_HOSTNAME")]
     pub hostname: Option<String>,
 
@@ -210,7 +223,7 @@ impl RunSettings {
     pub fn hostname(&self) -> String {
         self.hostname
             .clone()
-            .unwrap_or_else(|| format!("worker@{}", hostname()))
+            .unwrap_or_else(|| format!("celery@{}", hostname()))
     }
 }
 
@@ -371,6 +384,7 @@ mod tests {
             result_expires: 3600,
             result_key_prefix: String::new(),
             key_prefix: "worker:".into(),
+            control_exchange: "celery".into(),
         };
         assert_eq!(s.redis_url_with_db(), "redis://127.0.0.1:6379/2");
         s.redis_url = "redis://127.0.0.1:6379/5".into();
@@ -389,6 +403,7 @@ mod tests {
             result_expires: 3600,
             result_key_prefix: String::new(),
             key_prefix: "worker:".into(),
+            control_exchange: "celery".into(),
         };
         let jobs = JobSettings {
             telegram_bot_token: Some("123:tg-token-4242".into()),

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //!   consumer ──deliveries──► engine (apalis workers) ──► executor ──► results / publisher
-//!   background: result flusher, delayed-store poller, readiness probe, scheduler, HTTP
+//!   background: result flusher, delayed-store poller, readiness probe, scheduler, HTTP,
+//!               remote control mailbox (app::control over adapters::control)
 //! ```
 //!
 //! `worker run` builds the whole service; `worker scheduler` builds the same root without the
@@ -32,6 +33,8 @@ use crate::adapters::broker::BrokerError;
 use crate::adapters::broker::connection;
 use crate::adapters::broker::consumer::{self, ConsumerControl};
 use crate::adapters::broker::publisher::Publisher;
+use crate::adapters::control::store::RevokedStore;
+use crate::adapters::control::{broker_facts, mailbox};
 use crate::adapters::delay::{self, DelayedStore};
 use crate::adapters::http::{
     self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource,
@@ -40,6 +43,9 @@ use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::redis_conn::{self, InvalidRedisUrl, RedisConnectError};
 use crate::adapters::redis_eviction;
 use crate::adapters::results::{ResultStore, ResultWriter};
+use crate::app::control::inspect::conf_of;
+use crate::app::control::revoked::Revoked;
+use crate::app::control::{Facts, Panel};
 use crate::app::engine::{self, Executor, ExecutorSettings, QueueHealth};
 use crate::app::registry::{Registry, catalogue, registry};
 use crate::app::scheduler::service::SchedulerService;
@@ -48,6 +54,7 @@ use crate::settings::{
     self, ConnectionSettings, JobSettings, RunSettings, ServiceSettings, redact_url,
 };
 use crate::shutdown::{Phase, Shutdown};
+use crate::wire::control::MailboxNames;
 use crate::wire::message::Limits;
 
 /// Everything the service is built from. `Debug` is derived: the settings that hold secrets
@@ -104,6 +111,8 @@ struct Engine {
     delayed: DelayedStore,
     results: Arc<ResultWriter>,
     health: Arc<QueueHealth>,
+    /// Remote control: the commands' state and the mailbox's names.
+    control: (Arc<Panel>, MailboxNames),
 }
 
 /// How the service ended.
@@ -163,13 +172,18 @@ impl Worker {
                 let (registry, pool) = jobs_registry(conn, consume).await?;
                 let results = ResultWriter::new(store.clone(), consume.run.result_buffer);
                 let delayed = DelayedStore::new(redis.clone(), &conn.key_prefix);
-                let executor = Arc::new(Executor::new(
-                    registry.clone(),
-                    Arc::clone(&results),
-                    delayed.clone(),
-                    Arc::clone(&publisher),
-                    executor_settings(&consume.run, &hostname),
-                ));
+                let panel =
+                    remote_control(conn, &consume.run, &hostname, &registry, &store, &redis).await;
+                let executor = Arc::new(
+                    Executor::new(
+                        registry.clone(),
+                        Arc::clone(&results),
+                        delayed.clone(),
+                        Arc::clone(&publisher),
+                        executor_settings(&consume.run, &hostname),
+                    )
+                    .with_remote_control(Arc::clone(&panel.inflight), Arc::clone(&panel.revoked)),
+                );
                 let engine = Engine {
                     executor,
                     queues: consume.run.queues.clone(),
@@ -178,6 +192,7 @@ impl Worker {
                     delayed,
                     results,
                     health: Arc::new(QueueHealth::default()),
+                    control: (panel, MailboxNames::new(&conn.control_exchange)),
                 };
                 (registry, Some(pool), Some(engine))
             }
@@ -310,6 +325,13 @@ impl Worker {
                 background.push(tokio::spawn(
                     Arc::clone(&engine.results).run_flusher(shutdown.clone()),
                 ));
+                let (panel, names) = engine.control;
+                background.push(tokio::spawn(mailbox::run(
+                    engine.rabbitmq_url.clone(),
+                    names,
+                    panel,
+                    shutdown.clone(),
+                )));
                 background.push(tokio::spawn(delay::poller::run(
                     engine.delayed.clone(),
                     Arc::clone(&publisher),
@@ -430,6 +452,41 @@ async fn jobs_registry(
         registry(Some(Arc::new(context)), consume.run.diagnostic_tasks),
         pool,
     ))
+}
+
+/// The remote control commands' state, with the revoked ids kept in Redis loaded before any
+/// task can arrive (so a revoke survives this replica's restart).
+async fn remote_control(
+    conn: &ConnectionSettings,
+    run: &RunSettings,
+    hostname: &str,
+    registry: &Registry,
+    results: &ResultStore,
+    redis: &redis::aio::ConnectionManager,
+) -> Arc<Panel> {
+    let store = RevokedStore::new(redis.clone(), &conn.key_prefix);
+    let limits = run.time_limits();
+    let facts = Facts {
+        registered: registry.iter().map(|j| j.name().to_owned()).collect(),
+        queues: run.queues.clone(),
+        concurrency: run.concurrency,
+        broker: broker_facts(&conn.rabbitmq_url),
+        conf: conf_of(conn, run),
+        timeouts: (
+            limits.soft.map(|d| d.as_secs_f64()),
+            limits.hard.map(|d| d.as_secs_f64()),
+        ),
+    };
+    let panel = Panel::new(
+        hostname.to_owned(),
+        Arc::default(),
+        Arc::new(Revoked::default()),
+        store,
+        results.clone(),
+        facts,
+    );
+    panel.load_revoked().await;
+    Arc::new(panel)
 }
 
 fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {

@@ -3,6 +3,7 @@
 //!
 //! - [`broker`]: RabbitMQ as Celery uses it (consuming, acks, confirmed publishing, topology,
 //!   dead letters);
+//! - `control`: Celery's remote control mailbox (pidbox) and the revoked ids kept in Redis;
 //! - [`results`]: Celery's Redis result backend;
 //! - [`delay`]: the store where tasks with a far eta wait;
 //! - [`http`]: health, readiness, metrics and result lookup over HTTP;
@@ -10,6 +11,7 @@
 //! - [`redis_conn`]: connecting to Redis, shared by the Redis adapters.
 
 pub mod broker;
+pub(crate) mod control;
 pub(crate) mod delay;
 pub(crate) mod http;
 pub(crate) mod postgres;

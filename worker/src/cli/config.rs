@@ -35,6 +35,7 @@ pub(crate) fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "WORKER_TIME_LIMIT": s.time_limit,
         "WORKER_RESULT_BUFFER": s.result_buffer,
         "WORKER_KEY_PREFIX": conn.key_prefix,
+        "WORKER_CONTROL_EXCHANGE": conn.control_exchange,
         "WORKER_SHUTDOWN_GRACE": run.service.shutdown_grace,
         "WORKER_HTTP_ADDR": if run.service.no_http { "off".to_owned() } else { run.service.http_addr.to_string() },
         "WORKER_HTTP_TOKEN": run.service.http.token().map(|_| "***"),

@@ -1,5 +1,5 @@
 //! The command line: `worker run`, `send`, `result`, `dead-letters`, `tasks`, `config`,
-//! `healthcheck`, `scheduler`, `schedules`, `check-schedules`, `migrate`.
+//! `healthcheck`, `scheduler`, `schedules`, `check-schedules`, `migrate`, `inspect`, `revoke`.
 //!
 //! Exit codes are part of the interface for scripts: 0 success, 1 the task failed or was
 //! revoked, 2 pending, unknown, timed out, or the command itself could not do its work.
@@ -8,9 +8,11 @@ mod config;
 mod config_file;
 mod dead_letters;
 mod healthcheck;
+mod inspect;
 mod migrate;
 mod output;
 mod result;
+mod revoke;
 mod run;
 mod schedules;
 mod send;
@@ -68,6 +70,10 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the workers (ours or Python Celery's) over remote control; exits 2 when none replied.
+    Inspect(inspect::InspectArgs),
+    /// Revoke tasks on every worker (with --terminate, cancel them where they run).
+    Revoke(revoke::RevokeArgs),
     /// Exit 0 when the local worker's /healthz answers (for Docker's HEALTHCHECK).
     Healthcheck {
         #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
@@ -148,6 +154,8 @@ pub fn main() -> ExitCode {
             Command::Schedules(args) => schedules::list(&cli.connections, args).await,
             Command::CheckSchedules(args) => schedules::check(&cli.connections, args),
             Command::Migrate => migrate::migrate(&cli.connections).await,
+            Command::Inspect(args) => inspect::inspect(&cli.connections, args).await,
+            Command::Revoke(args) => revoke::revoke(&cli.connections, args).await,
             Command::Tasks => {
                 for job in crate::app::registry::catalogue().iter() {
                     println!(

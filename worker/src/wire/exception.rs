@@ -59,6 +59,12 @@ impl TaskError {
         Self::new("celery.exceptions", "TaskRevokedError", "expired")
     }
 
+    /// `celery.exceptions.TaskRevokedError(reason)`: `revoked` before it ran, `terminated` while
+    /// it ran.
+    pub fn revoked(reason: &str) -> Self {
+        Self::new("celery.exceptions", "TaskRevokedError", reason)
+    }
+
     /// Any Rust error with its `source()` chain.
     pub fn from_error(exc_module: &str, exc_type: &str, err: &dyn std::error::Error) -> Self {
         let mut e = Self::new(exc_module, exc_type, err.to_string());

@@ -1,7 +1,8 @@
 //! What happens to one delivery, start to finish.
 //!
 //! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> skip
-//! if expired (REVOKED) -> if its eta is far, park it in the delayed store -> run within its
+//! if expired or revoked (REVOKED) -> if its eta is far, park it in the delayed store (near:
+//! wait, then check expiry and revoke again) -> run within its
 //! time limits, writing STARTED alongside -> SUCCESS, RETRY (republished) or FAILURE -> ack. The
 //! ack comes last, after the outcome is recorded: a crash anywhere before it means RabbitMQ
 //! redelivers the message (at-least-once), and a stored SUCCESS is never overwritten by the
@@ -13,6 +14,10 @@
 //! be recorded goes back to its queue, at most [`requeues::MAX_ATTEMPTS`] times, then it is
 //! parked in the dead-letter queue with the reason. Memory is bounded by an in-flight budget:
 //! a delivery is decoded only once its body fits in what the deliveries being processed leave.
+//!
+//! Every task from decode to settled is held in the engine's [`Inflight`] registry (what remote
+//! control's `active`/`reserved`/`scheduled` read); `revoke(terminate=True)` cancels its run
+//! through the registry's handle, and the task is stored REVOKED (`terminated`) and acked.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +27,10 @@ use futures::FutureExt;
 use lapin::message::Delivery;
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::inflight::Inflight;
 use super::requeues::{self, MessageKey, Requeues};
 use super::retry::{self, Decision};
 use super::time_limit::{self, run_limited};
@@ -32,6 +39,7 @@ use crate::adapters::broker::publisher::{Declare, Publisher};
 use crate::adapters::broker::settle::Incoming;
 use crate::adapters::delay::{DelayedMessage, DelayedStore};
 use crate::adapters::results::ResultWriter;
+use crate::app::control::revoked::Revoked;
 use crate::app::registry::{CallArgs, ErasedJob, JobContext, Registry};
 use crate::metrics::METRICS;
 use crate::settings::TimeLimits;
@@ -66,6 +74,10 @@ pub(crate) struct Executor {
     /// The in-flight budget, one permit per KiB of body.
     budget: Semaphore,
     requeues: Requeues,
+    /// The tasks held now, with their abort handles (remote control reads and cancels them).
+    inflight: Arc<Inflight>,
+    /// Revoked ids: checked before every run.
+    revoked: Arc<Revoked>,
 }
 
 /// How a delivery is settled with the broker.
@@ -108,7 +120,20 @@ impl Executor {
             budget: Semaphore::new(kib(budget) as usize),
             settings,
             requeues: Requeues::default(),
+            inflight: Arc::default(),
+            revoked: Arc::default(),
         }
+    }
+
+    /// Share the held tasks and the revoked ids with remote control.
+    pub(crate) fn with_remote_control(
+        mut self,
+        inflight: Arc<Inflight>,
+        revoked: Arc<Revoked>,
+    ) -> Self {
+        self.inflight = inflight;
+        self.revoked = revoked;
+        self
     }
 
     /// Process one delivery and settle it with the broker. Never panics; when settling fails
@@ -207,6 +232,7 @@ impl Executor {
     }
 
     async fn run_message(&self, queue: &str, delivery: &Delivery, message: TaskMessage) -> Settle {
+        let message = Arc::new(message);
         let origin = self.origin(&message, queue);
         let Some(job) = self.registry.get(&message.task) else {
             error!(task = %message.task, "Received unregistered task of type {:?}; moving it to {queue}.dead", message.task);
@@ -216,9 +242,15 @@ impl Executor {
                 .await;
         };
 
-        if self.expired(&message, origin).await {
+        if self.expired(&message, origin).await || self.was_revoked(&message, origin).await {
             return Settle::Ack;
         }
+        let held = self.inflight.enter(
+            &message,
+            queue,
+            delivery.redelivered,
+            *delivery.properties.priority(),
+        );
 
         if let Some(eta) = message.eta
             && let Ok(wait) = (eta - Utc::now()).to_std()
@@ -236,9 +268,14 @@ impl Executor {
             if wait > self.settings.eta_hold {
                 return self.park(queue, delivery, &message, eta).await;
             }
-            tokio::time::sleep(wait).await;
-            // An expiry can fall while the eta was waited for: Celery checks it again.
-            if self.expired(&message, origin).await {
+            held.scheduled(eta);
+            // A revoke with terminate ends the wait at once.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = held.abort().cancelled() => {}
+            }
+            // An expiry or a revoke can fall while the eta was waited for: Celery checks again.
+            if self.expired(&message, origin).await || self.was_revoked(&message, origin).await {
                 return Settle::Ack;
             }
         }
@@ -265,7 +302,8 @@ impl Executor {
                 std::future::pending::<()>().await;
             }
         };
-        let run = self.invoke(job.as_ref(), &message, queue);
+        held.active();
+        let run = self.invoke(job.as_ref(), &message, queue, held.abort());
         tokio::pin!(run);
         let outcome = tokio::select! {
             biased;
@@ -282,6 +320,14 @@ impl Executor {
                 }
                 if record {
                     self.results.write(ResultMeta::success(value, origin)).await;
+                }
+                Settle::Ack
+            }
+            // Cancelled by `revoke(terminate=True)`: Celery stores TaskRevokedError('terminated').
+            Err(err) if held.abort().is_cancelled() => {
+                info!("task terminated by a remote revoke; storing REVOKED");
+                if record {
+                    self.results.write(ResultMeta::revoked(&err, origin)).await;
                 }
                 Settle::Ack
             }
@@ -308,6 +354,7 @@ impl Executor {
         job: &dyn ErasedJob,
         message: &TaskMessage,
         queue: &str,
+        abort: &CancellationToken,
     ) -> Result<Value, TaskError> {
         // Debug: at thousands of tasks a second, one line per task (`task finished`) is enough.
         debug!("task started");
@@ -323,7 +370,11 @@ impl Executor {
             kwargs: message.kwargs.clone(),
         };
         let limits = time_limit::for_message(self.settings.time_limits, message.timelimit);
-        let outcome = run_limited(job.call(call, ctx), limits).await;
+        // Dropping the job's future is what stops it: a terminated job ends at its next await.
+        let outcome = tokio::select! {
+            outcome = run_limited(job.call(call, ctx), limits) => outcome,
+            () = abort.cancelled() => Err(TaskError::revoked("terminated")),
+        };
         METRICS.tasks_in_flight.dec();
         METRICS
             .task_duration
@@ -483,6 +534,20 @@ impl Executor {
             }
             _ => false,
         }
+    }
+
+    /// Store REVOKED and say so when the task's id was revoked (Celery's `Request.revoked`).
+    async fn was_revoked(&self, message: &TaskMessage, origin: Origin<'_>) -> bool {
+        if !self.revoked.contains(&message.id, Utc::now()) {
+            return false;
+        }
+        info!("Discarding revoked task: {}[{}]", message.task, message.id);
+        if !message.ignore_result {
+            self.results
+                .write(ResultMeta::revoked(&TaskError::revoked("revoked"), origin))
+                .await;
+        }
+        true
     }
 
     /// A message that cannot be settled the normal way: to the dead-letter queue, with FAILURE

@@ -6,6 +6,7 @@
 //! inside jobs.
 
 mod executor;
+pub(crate) mod inflight;
 mod requeues;
 pub(crate) mod retry;
 mod service;
