@@ -10,7 +10,7 @@
 //!
 //! ```text
 //!   consumer ──deliveries──► engine (apalis workers) ──► executor ──► results / publisher
-//!   background: result flusher, delayed-store poller, readiness probe, scheduler, HTTP
+//!   background: result flusher, old-delayed-store migration, readiness probe, scheduler, HTTP
 //! ```
 //!
 //! `worker run` builds the whole service; `worker scheduler` builds the same root without the
@@ -32,7 +32,7 @@ use crate::adapters::broker::BrokerError;
 use crate::adapters::broker::connection;
 use crate::adapters::broker::consumer::{self, ConsumerControl};
 use crate::adapters::broker::publisher::Publisher;
-use crate::adapters::delay::{self, DelayedStore};
+use crate::adapters::delay;
 use crate::adapters::http::{
     self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource,
 };
@@ -100,7 +100,10 @@ struct Engine {
     queues: Vec<String>,
     concurrency: u16,
     rabbitmq_url: String,
-    delayed: DelayedStore,
+    /// Redis and the key prefix, for moving the old delayed store's entries into RabbitMQ.
+    redis: redis::aio::ConnectionManager,
+    key_prefix: String,
+    delayed_queue_type: settings::DelayQueueType,
     results: Arc<ResultWriter>,
     health: Arc<QueueHealth>,
 }
@@ -160,11 +163,9 @@ impl Worker {
             Some(consume) => {
                 let (registry, pool) = jobs_registry(conn, consume).await?;
                 let results = ResultWriter::new(store.clone(), consume.run.result_buffer);
-                let delayed = DelayedStore::new(redis.clone(), &conn.key_prefix);
                 let executor = Arc::new(Executor::new(
                     registry.clone(),
                     Arc::clone(&results),
-                    delayed.clone(),
                     Arc::clone(&publisher),
                     executor_settings(&consume.run, &hostname),
                 ));
@@ -173,7 +174,9 @@ impl Worker {
                     queues: consume.run.queues.clone(),
                     concurrency: consume.run.concurrency,
                     rabbitmq_url: conn.rabbitmq_url.clone(),
-                    delayed,
+                    redis: redis.clone(),
+                    key_prefix: conn.key_prefix.clone(),
+                    delayed_queue_type: consume.run.delayed_queue_type,
                     results,
                     health: Arc::new(QueueHealth::default()),
                 };
@@ -308,12 +311,21 @@ impl Worker {
                 background.push(tokio::spawn(
                     Arc::clone(&engine.results).run_flusher(shutdown.clone()),
                 ));
-                background.push(tokio::spawn(delay::poller::run(
-                    engine.delayed.clone(),
-                    Arc::clone(&publisher),
-                    shutdown.clone(),
-                )));
                 let mut consuming_rx = consuming.subscribe();
+                // Once consuming (the delay topology and our bindings are declared by then).
+                let migration = delay::migrate::run(
+                    engine.redis.clone(),
+                    engine.key_prefix.clone(),
+                    Arc::clone(&publisher),
+                    engine.delayed_queue_type,
+                    shutdown.clone(),
+                );
+                let mut migrate_after = consuming.subscribe();
+                background.push(tokio::spawn(async move {
+                    if migrate_after.wait_for(|c| *c).await.is_ok() {
+                        migration.await;
+                    }
+                }));
                 let (receivers, consumer) = consumer::spawn(
                     engine.rabbitmq_url.clone(),
                     engine.queues.clone(),
@@ -321,6 +333,7 @@ impl Worker {
                     ConsumerControl {
                         shutdown: shutdown.clone(),
                         consuming,
+                        delayed_queue_type: engine.delayed_queue_type,
                     },
                 );
                 background.push(tokio::spawn(async move {
@@ -442,6 +455,7 @@ fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {
         },
         inflight_bytes: run.inflight_bytes,
         eta_hold: run.eta_hold(),
+        delayed_queue_type: run.delayed_queue_type,
         time_limits: run.time_limits(),
     }
 }

@@ -4,7 +4,7 @@
 //! - [`broker`]: RabbitMQ as Celery uses it (consuming, acks, confirmed publishing, topology,
 //!   dead letters);
 //! - [`results`]: Celery's Redis result backend;
-//! - [`delay`]: the store where tasks with a far eta wait;
+//! - [`delay`]: moving what the old Redis delayed store still holds into the delay topology;
 //! - [`http`]: health, readiness, metrics and result lookup over HTTP;
 //! - [`postgres`]: the jobs' database pool, its startup probe, `--migrate`;
 //! - [`redis_conn`]: connecting to Redis, shared by the Redis adapters.

@@ -138,7 +138,9 @@ fn broker_problem(e: &BrokerError) -> &'static str {
         BrokerError::VhostRefused { .. } => "vhost refused",
         BrokerError::InvalidUrl { .. } => "invalid RABBITMQ_URL",
         BrokerError::Connect { .. } => UNREACHABLE,
-        BrokerError::Amqp { .. } | BrokerError::Nacked { .. } => FAILED,
+        BrokerError::Amqp { .. } | BrokerError::Nacked { .. } | BrokerError::Unroutable { .. } => {
+            FAILED
+        }
     }
 }
 
