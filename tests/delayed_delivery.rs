@@ -451,6 +451,84 @@ async fn python_quorum_producers_and_workers_share_our_topology() {
     assert_eq!(done.len(), 1, "{}", ours.logs());
     assert!(done_at(&done[&ids[0]]) >= eta);
     assert!(ours.logs().contains("parked in the delay topology"));
+    assert_eq!(readyz(&ours).await["checks"]["delay_topology"]["ok"], true);
+
+    // A worker configured with the other queue type gets the 406, says so and how to fix it,
+    // shows it in /readyz, and still consumes.
+    let classic = unique("classic-q");
+    let wrong = WorkerProcess::start(
+        std::slice::from_ref(&classic),
+        &[
+            ("RABBITMQ_URL", &node.url),
+            ("WORKER_DELAYED_QUEUE_TYPE", "classic"),
+        ],
+    );
+    wrong.wait_for_log("cannot declare the delay topology", Duration::from_secs(10));
+    assert!(
+        wrong.logs().contains("WORKER_DELAYED_QUEUE_TYPE"),
+        "{}",
+        wrong.logs()
+    );
+    assert_eq!(
+        readyz(&wrong).await["checks"]["delay_topology"],
+        json!({"ok": false, "error": "not declared"})
+    );
+    let now = publish_pings(&channel, &classic, Utc::now(), 1).await;
+    assert_eq!(
+        wait_all(&mut results, &now, "SUCCESS", Duration::from_secs(10))
+            .await
+            .len(),
+        1,
+        "{}",
+        wrong.logs()
+    );
+}
+
+async fn readyz(worker: &WorkerProcess) -> Value {
+    reqwest::get(format!("http://{}/readyz", worker.http_addr()))
+        .await
+        .expect("GET /readyz")
+        .json()
+        .await
+        .expect("readyz JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_backoff_waits_in_the_delay_topology() {
+    let queue = unique("retry-delay");
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    let mut t = OutgoingTask::new("worker.fail", vec![json!("again")], Map::new());
+    t.kwargs.insert("retry_countdown".into(), json!(2));
+    let (_c, channel) = amqp().await;
+    let m = task_message(&queue, &t);
+    let sent = Utc::now();
+    publish_raw(&channel, &queue, &m.body, m.amqp_properties()).await;
+    let mut results = redis().await;
+    // Three retries, 2 s apart, each through the topology (acked meanwhile), then FAILURE.
+    let failed = wait_all(
+        &mut results,
+        std::slice::from_ref(&t.id),
+        "FAILURE",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(failed.len(), 1, "{}", worker.logs());
+    assert_eq!(failed[&t.id]["retries"], 3);
+    let took = (done_at(&failed[&t.id]) - sent).num_milliseconds();
+    assert!(
+        (6000..12000).contains(&took),
+        "three 2 s backoffs took {took} ms"
+    );
+    assert_eq!(
+        metric(
+            &get_metrics(&worker).await,
+            "worker_messages_delayed_total",
+            &queue
+        ),
+        3.0
+    );
+    assert_eq!(ready_count(&channel, &queue).await, Some(0));
+    delete_queue(&channel, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -128,6 +128,7 @@ pub struct Worker {
     scheduler: Option<SchedulerService>,
     engine: Option<Engine>,
     consuming: watch::Sender<bool>,
+    delays_declared: watch::Sender<bool>,
 }
 
 impl Worker {
@@ -158,6 +159,7 @@ impl Worker {
         );
         let publisher = Arc::new(Publisher::new(&conn.rabbitmq_url, &origin));
         let (consuming, consuming_rx) = watch::channel(false);
+        let (delays_declared, delays_rx) = watch::channel(false);
 
         let (registry, postgres, engine) = match &settings.consume {
             Some(consume) => {
@@ -194,6 +196,7 @@ impl Worker {
             redis: redis.clone(),
             postgres,
             queues: engine.as_ref().map(|e| Arc::clone(&e.health)),
+            delays: engine.as_ref().map(|_| delays_rx),
         });
 
         let scheduler = match &settings.schedules {
@@ -245,6 +248,7 @@ impl Worker {
             scheduler,
             engine,
             consuming,
+            delays_declared,
         })
     }
 
@@ -272,6 +276,7 @@ impl Worker {
             scheduler,
             engine,
             consuming,
+            delays_declared,
         } = self;
         let http_addr = http.as_ref().map(HttpServer::addr);
         let queues = engine
@@ -334,6 +339,7 @@ impl Worker {
                         shutdown: shutdown.clone(),
                         consuming,
                         delayed_queue_type: engine.delayed_queue_type,
+                        delays_declared,
                     },
                 );
                 background.push(tokio::spawn(async move {

@@ -37,6 +37,8 @@ pub(crate) struct ConsumerControl {
     pub consuming: watch::Sender<bool>,
     /// The delay topology's queue type, declared (with our queues' bindings) on every connect.
     pub delayed_queue_type: DelayQueueType,
+    /// True once that declaration succeeded on the current connection (read by `/readyz`).
+    pub delays_declared: watch::Sender<bool>,
 }
 
 /// The consumer's task: it ends with an error only when the broker refused the login or vhost
@@ -121,7 +123,8 @@ async fn consume(
     control: &ConsumerControl,
 ) -> Result<Ended, BrokerError> {
     let channel = open_channel(conn, queues, prefetch).await?;
-    declare_delays(conn, queues, control.delayed_queue_type).await;
+    let declared = declare_delays(conn, queues, control.delayed_queue_type).await;
+    control.delays_declared.send_replace(declared);
     let settlements = Settlements::new(channel.clone());
     let acks_stop = CancellationToken::new();
     let acks = tokio::spawn(Arc::clone(&settlements).run(acks_stop.clone()));
@@ -205,7 +208,7 @@ async fn consume(
 /// Declare the delay topology and bind our queues to it, on a channel of its own: a 406 (a
 /// topology declared with another queue type) closes that channel only, and consuming goes on
 /// — tasks without a countdown still run, delayed ones go back to their queue and say why.
-async fn declare_delays(conn: &Connection, queues: &[String], queue_type: DelayQueueType) {
+async fn declare_delays(conn: &Connection, queues: &[String], queue_type: DelayQueueType) -> bool {
     let declared = async {
         let channel = conn
             .create_channel()
@@ -219,12 +222,18 @@ async fn declare_delays(conn: &Connection, queues: &[String], queue_type: DelayQ
         Ok::<(), BrokerError>(())
     };
     match declared.await {
-        Ok(()) => info!(queue_type = queue_type.as_str(), "delay topology declared"),
-        Err(e) => error!(
+        Ok(()) => {
+            info!(queue_type = queue_type.as_str(), "delay topology declared");
+            true
+        }
+        Err(e) => {
+            error!(
             error = %e,
             queue_type = queue_type.as_str(),
             "cannot declare the delay topology (celery_delayed_*); countdowns and retries cannot wait in RabbitMQ. If it exists with another queue type, set WORKER_DELAYED_QUEUE_TYPE to the broker_native_delayed_delivery_queue_type of the Python workers"
-        ),
+            );
+            false
+        }
     }
 }
 
