@@ -361,6 +361,23 @@ mod tests {
         assert_eq!(d.body, m.body);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn delayed_keys_encode_the_countdown_and_never_grow(
+            countdown in 1u64..(1 << DELAY_BITS),
+            again in 1u64..(1 << DELAY_BITS),
+            queue in "[a-z0-9._-]{1,40}",
+        ) {
+            let key = delayed_routing_key(countdown, &queue).unwrap();
+            let bits: String = key.split('.').take(DELAY_BITS as usize).collect();
+            proptest::prop_assert_eq!(u64::from_str_radix(&bits, 2).unwrap(), countdown);
+            proptest::prop_assert_eq!(strip_delay_prefix(&key), queue.as_str());
+            // A retry of a delayed message replaces the prefix instead of adding one.
+            let twice = delayed_routing_key(again, &key).unwrap();
+            proptest::prop_assert_eq!(twice.len(), key.len());
+        }
+    }
+
     #[test]
     fn a_task_that_expires_gets_a_ttl_unless_already_expired() {
         let now = Utc::now();

@@ -133,9 +133,11 @@ async fn migrate_key(
             return Ok(moved);
         }
         for member in members {
+            // An entry without a queue would be published nowhere and deleted: not readable.
             let parsed = (member.len() <= MAX_MEMBER_BYTES)
                 .then(|| serde_json::from_slice::<LegacyDelayed>(&member).ok())
-                .flatten();
+                .flatten()
+                .filter(|e| !e.queue.is_empty());
             let Some(entry) = parsed else {
                 error!(
                     key,
