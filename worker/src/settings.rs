@@ -70,8 +70,8 @@ pub struct ConnectionSettings {
     #[arg(long, env = "RESULT_KEY_PREFIX", default_value = "", global = true)]
     pub result_key_prefix: String,
 
-    /// Prefix of the worker's own Redis keys (delayed store, scheduler state); every replica and
-    /// `worker schedules` must use the same one.
+    /// Prefix of the worker's own Redis keys (scheduler state; the old delayed store, migrated
+    /// at startup); every replica and `worker schedules` must use the same one.
     #[arg(
         long,
         env = "WORKER_KEY_PREFIX",
