@@ -20,7 +20,9 @@ use lapin::{Channel, ExchangeKind};
 
 use super::BrokerError;
 use crate::settings::DelayQueueType;
-use crate::wire::outgoing::{DELAY_BITS, DELAYED_DELIVERY_EXCHANGE, delay_level_name};
+use crate::wire::outgoing::{
+    DELAY_BITS, DELAYED_DELIVERY_EXCHANGE, delay_level_name, delayed_routing_key,
+};
 
 /// kombu's `Exchange(name, type="topic")`: durable, not auto-deleted, no arguments.
 async fn declare_topic(channel: &Channel, name: &str) -> Result<(), BrokerError> {
@@ -131,6 +133,15 @@ pub async fn declare_delay_topology(
 /// The binding that brings delayed messages for `queue` home: `celery_delayed_delivery` ->
 /// `queue` by `#.<queue>`. The queue must exist.
 pub async fn bind_to_delayed_delivery(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
+    // No delayed routing key can name a queue this long (AMQP's 255 bytes): nothing to bind,
+    // and its delayed messages are refused where they are built.
+    if delayed_routing_key(1, queue).is_err() {
+        tracing::warn!(
+            queue,
+            "queue name too long for delayed delivery; its delays cannot wait in RabbitMQ"
+        );
+        return Ok(());
+    }
     channel
         .queue_bind(
             queue.into(),
