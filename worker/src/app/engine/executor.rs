@@ -265,7 +265,7 @@ impl Executor {
                     .await;
             }
             if wait > self.settings.eta_hold {
-                return self.park(queue, delivery, eta, wait).await;
+                return self.park(queue, delivery, origin, eta, wait).await;
             }
             // Also a message back from the delay topology, which counts whole seconds and so
             // may bring it up to a second early.
@@ -438,6 +438,7 @@ impl Executor {
         &self,
         queue: &str,
         delivery: &Delivery,
+        origin: Origin<'_>,
         eta: chrono::DateTime<Utc>,
         wait: Duration,
     ) -> Settle {
@@ -451,14 +452,11 @@ impl Executor {
         let delayed = match OutgoingMessage::delayed(original, wait.as_secs()) {
             Ok(delayed) => delayed,
             Err(e) => {
+                // Only a queue name too long for a routing key gets here (the wait is checked
+                // against MAX_DELAY before): it can never be delayed, so it cannot run.
                 let err = TaskError::value_error(format!("cannot delay this message: {e}"));
-                let table = delivery.properties.headers().clone().unwrap_or_default();
-                let minimal = top_level_id(delivery).map(|id| {
-                    TaskMessage::minimal(&id, top_level_string(&table, "task").as_deref())
-                });
-                let origin = minimal.as_ref().map(|m| self.origin(m, queue));
                 return self
-                    .dead_letter_then_fail(queue, delivery, "delay_impossible", &err, origin)
+                    .dead_letter_then_fail(queue, delivery, "delay_impossible", &err, Some(origin))
                     .await;
             }
         };
