@@ -641,3 +641,34 @@ async fn the_old_redis_delayed_set_is_migrated_on_startup() {
     let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_too_long_for_a_delayed_routing_key_fails_its_far_etas_and_keeps_consuming() {
+    // 28 bits take 56 bytes of AMQP's 255: a 210-byte queue name cannot be delayed.
+    let queue = format!("{}-{}", unique("long"), "q".repeat(194));
+    assert_eq!(queue.len(), 210);
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    let (_c, channel) = amqp().await;
+    let far = publish_pings(
+        &channel,
+        &queue,
+        Utc::now() + chrono::Duration::seconds(30),
+        1,
+    )
+    .await;
+    let now = publish_pings(&channel, &queue, Utc::now(), 1).await;
+    let mut results = redis().await;
+    let failed = wait_all(&mut results, &far, "FAILURE", Duration::from_secs(10)).await;
+    assert_eq!(failed.len(), 1, "{}", worker.logs());
+    assert_eq!(failed[&far[0]]["result"]["exc_type"], "ValueError");
+    assert_eq!(
+        failed[&far[0]]["name"], "worker.ping",
+        "the full origin is kept"
+    );
+    let dead = drain(&channel, &format!("{queue}.dead")).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0["x-dead-letter-reason"], "delay_impossible");
+    let ran = wait_all(&mut results, &now, "SUCCESS", Duration::from_secs(10)).await;
+    assert_eq!(ran.len(), 1, "{}", worker.logs());
+    delete_queue(&channel, &queue).await;
+}
