@@ -218,7 +218,9 @@ async fn delays_survive_a_rabbitmq_restart_and_land_in_kombus_level() {
     let queue = unique("restart");
     let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[("RABBITMQ_URL", &node.url)]);
     let (conn, channel) = channel_on(&node.url).await;
-    let eta = Utc::now() + chrono::Duration::seconds(60);
+    // Far enough for the restart (7-25 s here) and the worker's reconnect backoff (up to 30 s)
+    // to be over before the tasks are due.
+    let eta = Utc::now() + chrono::Duration::seconds(75);
     let ids = publish_pings(&channel, &queue, eta, 100).await;
     let ten_days =
         publish_pings(&channel, &queue, Utc::now() + chrono::Duration::days(10), 1).await;
