@@ -1,5 +1,6 @@
-//! Delivery guarantees that need no service outage: eta and countdown (in memory and through the
-//! Redis delayed store), expiry, retries, time limits, graceful shutdown.
+//! Delivery guarantees that need no service outage: eta and countdown (in memory and through
+//! RabbitMQ's delay topology; tests/delayed_delivery.rs has the faults), expiry, retries, time
+//! limits, graceful shutdown.
 
 mod harness;
 
@@ -51,27 +52,30 @@ async fn zcard(key: &str) -> u64 {
     redis().await.zcard(key).await.unwrap()
 }
 
+/// Messages ready in `queue` (0 when it does not exist).
+async fn ready(queue: &str) -> u32 {
+    let (_c, channel) = amqp().await;
+    message_count(&channel, queue).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn countdown_through_the_delayed_store_runs_on_time() {
+async fn countdown_through_the_delay_topology_runs_on_time() {
     let queue = unique("eta");
     let prefix = format!("{queue}:");
-    let env = [
-        ("WORKER_ETA_HOLD", "1"),
-        ("WORKER_KEY_PREFIX", prefix.as_str()),
-    ];
+    let env = [("WORKER_KEY_PREFIX", prefix.as_str())];
     let worker = WorkerProcess::start(std::slice::from_ref(&queue), &env);
     let mut t = task("worker.ping", json!([]));
     let sent = Utc::now();
     t.eta = Some(sent + chrono::Duration::seconds(3));
     send(&queue, &t).await;
-    // Parked in Redis, not held by the broker.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        zcard(&format!("{prefix}delayed")).await,
-        1,
-        "{}",
-        worker.logs()
-    );
+    // Parked in RabbitMQ's delay topology: acked, neither held nor in Redis.
+    worker.wait_for_log("parked in the delay topology", Duration::from_secs(5));
+    let q = queue.clone();
+    let counts = tokio::task::spawn_blocking(move || unacked(&q))
+        .await
+        .unwrap();
+    assert_eq!(counts, (0, 0), "(ready, unacked) while waiting for the eta");
+    assert_eq!(zcard(&format!("{prefix}delayed")).await, 0);
     let r = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(10))
         .await
         .expect("SUCCESS");
@@ -81,7 +85,6 @@ async fn countdown_through_the_delayed_store_runs_on_time() {
         (3000..4000).contains(&after),
         "ran {after} ms after sending"
     );
-    assert_eq!(zcard(&format!("{prefix}delayed")).await, 0);
     let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }
@@ -89,12 +92,7 @@ async fn countdown_through_the_delayed_store_runs_on_time() {
 #[tokio::test(flavor = "multi_thread")]
 async fn long_countdown_survives_restarts_and_is_not_held_unacked() {
     let queue = unique("eta-long");
-    let prefix = format!("{queue}:");
-    let env = [
-        ("WORKER_ETA_HOLD", "1"),
-        ("WORKER_KEY_PREFIX", prefix.as_str()),
-    ];
-    let first = WorkerProcess::start(std::slice::from_ref(&queue), &env);
+    let first = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
     let mut two_hours = task("worker.ping", json!([]));
     two_hours.eta = Some(Utc::now() + chrono::Duration::hours(2));
     send(&queue, &two_hours).await;
@@ -103,14 +101,7 @@ async fn long_countdown_survives_restarts_and_is_not_held_unacked() {
     soon.eta = Some(sent + chrono::Duration::seconds(5));
     send(&queue, &soon).await;
 
-    let delayed = format!("{prefix}delayed");
-    for _ in 0..50 {
-        if zcard(&delayed).await == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(zcard(&delayed).await, 2, "{}", first.logs());
+    first.wait_for_log_count("parked in the delay topology", 2, Duration::from_secs(5));
     let q = queue.clone();
     let counts = tokio::task::spawn_blocking(move || unacked(&q))
         .await
@@ -120,27 +111,25 @@ async fn long_countdown_survives_restarts_and_is_not_held_unacked() {
         (0, 0),
         "(ready, unacked) while waiting for the etas"
     );
+    // 2 h = 7200 s: its highest bit is 2^12, so it waits in level 12 (shared with other tests).
+    assert!(ready("celery_delayed_12").await >= 1);
 
-    // Kill the worker while both wait; a new one publishes the 5 s task on time.
+    // Kill the worker while both wait; a new one runs the 5 s task on time.
     drop(first);
-    let second = WorkerProcess::start(std::slice::from_ref(&queue), &env);
+    let second = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
     let r = wait_result(&soon.id, Some("SUCCESS"), Duration::from_secs(15))
         .await
         .expect("SUCCESS");
     let done = worker::wire::parse_time(r["date_done"].as_str().unwrap()).unwrap();
     assert!((done - sent).num_milliseconds() >= 5000, "ran early: {r}");
     assert_eq!(
-        zcard(&delayed).await,
-        1,
+        wait_result(&two_hours.id, None, Duration::from_millis(10)).await,
+        None,
         "the 2 h task still waits:\n{}",
         second.logs()
     );
-    assert_eq!(
-        wait_result(&two_hours.id, None, Duration::from_millis(10)).await,
-        None
-    );
 
-    let _: () = redis().await.del(&delayed).await.unwrap();
+    // Deleting the queue removes its binding: the 2 h copy is dropped when it comes back.
     let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }

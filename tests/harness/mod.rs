@@ -6,7 +6,8 @@
 //!   address through its `--ready-file`, not through log wording;
 //! - [`amqp`]: publishing and reading raw messages; [`results`]: reading Celery results;
 //! - [`db`]: a fresh migrated database per test; [`python`]: the Celery 5.7 virtualenv;
-//! - [`scheduler`]: the scheduler's library-level tests (their own tick publisher, state).
+//! - [`scheduler`]: the scheduler's library-level tests (their own tick publisher, state);
+//! - [`services`]: private RabbitMQ nodes and Redis servers for fault tests.
 
 #![allow(dead_code, unused_imports)]
 

@@ -28,14 +28,14 @@ fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> HashMap<Stri
 }
 
 /// A redis-server of the test's own (`scripts/services/redis-instance`).
-pub struct PrivateRedis {
+pub struct RedisServer {
     pub url: String,
     pub port: String,
     args: Vec<String>,
     dir: Option<String>,
 }
 
-impl PrivateRedis {
+impl RedisServer {
     /// Start one with these extra server arguments (e.g. `--maxmemory 2mb`).
     pub fn start(args: &[&str]) -> Self {
         let mut redis = Self {
@@ -82,19 +82,19 @@ impl PrivateRedis {
     }
 }
 
-impl Drop for PrivateRedis {
+impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
 /// A RabbitMQ node of the test's own (`scripts/services/rabbitmq-node`).
-pub struct PrivateRabbit {
+pub struct RabbitNode {
     pub url: String,
     dir: Option<String>,
 }
 
-impl PrivateRabbit {
+impl RabbitNode {
     pub fn start() -> Self {
         let kv = run_script("rabbitmq-node", &["start"], &[]);
         Self {
@@ -112,7 +112,7 @@ impl PrivateRabbit {
     }
 }
 
-impl Drop for PrivateRabbit {
+impl Drop for RabbitNode {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
             run_script("rabbitmq-node", &["stop", dir.as_str()], &[]);

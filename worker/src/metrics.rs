@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     pub tasks_with_errors: IntCounterVec,
     pub worker_panics: IntCounterVec,
     pub messages_dead_lettered: IntCounterVec,
+    pub messages_delayed: IntCounterVec,
     pub messages_acked: IntCounter,
     pub ack_frames: IntCounterVec,
     pub task_duration: HistogramVec,
@@ -134,6 +135,12 @@ impl Metrics {
                 "worker_messages_dead_lettered_total",
                 "Messages moved to <queue>.dead, by reason.",
                 &["queue", "reason"],
+            ),
+            messages_delayed: counter(
+                &registry,
+                "worker_messages_delayed_total",
+                "Messages published into the delay topology (far etas, countdowns, retry backoff, migrated old delayed entries), by destination queue.",
+                &["queue"],
             ),
             messages_acked: int_counter(
                 &registry,

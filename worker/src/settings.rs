@@ -70,8 +70,8 @@ pub struct ConnectionSettings {
     #[arg(long, env = "RESULT_KEY_PREFIX", default_value = "", global = true)]
     pub result_key_prefix: String,
 
-    /// Prefix of the worker's own Redis keys (delayed store, scheduler state); every replica and
-    /// `worker schedules` must use the same one.
+    /// Prefix of the worker's own Redis keys (scheduler state; the old delayed store, migrated
+    /// at startup); every replica and `worker schedules` must use the same one.
     #[arg(
         long,
         env = "WORKER_KEY_PREFIX",
@@ -182,10 +182,18 @@ pub struct RunSettings {
     #[arg(long, env = "WORKER_DIAGNOSTIC_TASKS", default_value_t = false, action = clap::ArgAction::Set)]
     pub diagnostic_tasks: bool,
 
-    /// Seconds of eta waited for in memory; a task due later is parked in the Redis delayed
-    /// store and acked, so no message stays unacked near RabbitMQ's consumer_timeout (30 min).
-    #[arg(long, env = "WORKER_ETA_HOLD", default_value_t = 5.0)]
+    /// Seconds of eta waited for in memory (at least 1: the delay topology counts whole
+    /// seconds, so a message it brings back may be early by up to one); a task due later goes
+    /// into RabbitMQ's delay topology and is acked, so no message stays unacked near
+    /// RabbitMQ's consumer_timeout (30 min).
+    #[arg(long, env = "WORKER_ETA_HOLD", default_value_t = 1.0)]
     pub eta_hold: f64,
+
+    /// Queue type of the delay topology's `celery_delayed_<n>` queues, as Celery's
+    /// `broker_native_delayed_delivery_queue_type` (same default): every worker of a broker,
+    /// Python or ours, must declare the same, or RabbitMQ answers 406.
+    #[arg(long, env = "WORKER_DELAYED_QUEUE_TYPE", value_enum, default_value_t = DelayQueueType::Quorum)]
+    pub delayed_queue_type: DelayQueueType,
 
     /// Soft time limit in seconds (cooperative cancel, SoftTimeLimitExceeded); 0 = none.
     #[arg(long, env = "WORKER_SOFT_TIME_LIMIT", default_value_t = 1500.0)]
@@ -198,6 +206,24 @@ pub struct RunSettings {
     /// Final results kept in memory while Redis is unreachable; beyond it the oldest is dropped.
     #[arg(long, env = "WORKER_RESULT_BUFFER", default_value_t = 10_000)]
     pub result_buffer: usize,
+}
+
+/// The queue type of the delay topology (kombu accepts exactly these two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DelayQueueType {
+    Classic,
+    Quorum,
+}
+
+impl DelayQueueType {
+    /// The `x-queue-type` argument's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
 }
 
 /// The time limits one run gets (`None`: no limit).
@@ -217,7 +243,9 @@ impl RunSettings {
     }
 
     pub fn eta_hold(&self) -> Duration {
-        Duration::try_from_secs_f64(self.eta_hold).unwrap_or(Duration::from_secs(5))
+        Duration::try_from_secs_f64(self.eta_hold)
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_secs(1))
     }
 
     pub fn hostname(&self) -> String {

@@ -10,8 +10,8 @@
 //! 3. [`Phase::Settle`] — the acks of finished deliveries are sent.
 //! 4. [`Phase::CloseBroker`] — the consuming channel and connection close; every delivery not
 //!    acked returns to its queue.
-//! 5. [`Phase::StopBackground`] — the loops beside the engine stop: the scheduler, the delayed
-//!    store's poller, the result flusher, the readiness probe, the HTTP server.
+//! 5. [`Phase::StopBackground`] — the loops beside the engine stop: the scheduler, the migration
+//!    of the old Redis delayed store, the result flusher, the readiness probe, the HTTP server.
 //! 6. [`Phase::Stopped`].
 //!
 //! Phases only move forward; a part that waits for a phase already passed returns at once. A

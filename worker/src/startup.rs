@@ -10,7 +10,7 @@
 //!
 //! ```text
 //!   consumer ──deliveries──► engine (apalis workers) ──► executor ──► results / publisher
-//!   background: result flusher, delayed-store poller, readiness probe, scheduler, HTTP,
+//!   background: result flusher, old-delayed-store migration, readiness probe, scheduler, HTTP,
 //!               remote control mailbox (app::control over adapters::control)
 //! ```
 //!
@@ -35,7 +35,7 @@ use crate::adapters::broker::consumer::{self, ConsumerControl};
 use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::control::store::RevokedStore;
 use crate::adapters::control::{broker_facts, mailbox};
-use crate::adapters::delay::{self, DelayedStore};
+use crate::adapters::delay;
 use crate::adapters::http::{
     self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource,
 };
@@ -108,7 +108,10 @@ struct Engine {
     queues: Vec<String>,
     concurrency: u16,
     rabbitmq_url: String,
-    delayed: DelayedStore,
+    /// Redis and the key prefix, for moving the old delayed store's entries into RabbitMQ.
+    redis: redis::aio::ConnectionManager,
+    key_prefix: String,
+    delayed_queue_type: settings::DelayQueueType,
     results: Arc<ResultWriter>,
     health: Arc<QueueHealth>,
     /// Remote control: the commands' state and the mailbox's names.
@@ -135,6 +138,7 @@ pub struct Worker {
     scheduler: Option<SchedulerService>,
     engine: Option<Engine>,
     consuming: watch::Sender<bool>,
+    delays_declared: watch::Sender<bool>,
 }
 
 impl Worker {
@@ -166,19 +170,18 @@ impl Worker {
         );
         let publisher = Arc::new(Publisher::new(&conn.rabbitmq_url, &origin));
         let (consuming, consuming_rx) = watch::channel(false);
+        let (delays_declared, delays_rx) = watch::channel(false);
 
         let (registry, postgres, engine) = match &settings.consume {
             Some(consume) => {
                 let (registry, pool) = jobs_registry(conn, consume).await?;
                 let results = ResultWriter::new(store.clone(), consume.run.result_buffer);
-                let delayed = DelayedStore::new(redis.clone(), &conn.key_prefix);
                 let panel =
                     remote_control(conn, &consume.run, &hostname, &registry, &store, &redis).await;
                 let executor = Arc::new(
                     Executor::new(
                         registry.clone(),
                         Arc::clone(&results),
-                        delayed.clone(),
                         Arc::clone(&publisher),
                         executor_settings(&consume.run, &hostname),
                     )
@@ -189,7 +192,9 @@ impl Worker {
                     queues: consume.run.queues.clone(),
                     concurrency: consume.run.concurrency,
                     rabbitmq_url: conn.rabbitmq_url.clone(),
-                    delayed,
+                    redis: redis.clone(),
+                    key_prefix: conn.key_prefix.clone(),
+                    delayed_queue_type: consume.run.delayed_queue_type,
                     results,
                     health: Arc::new(QueueHealth::default()),
                     control: (panel, MailboxNames::new(&conn.control_exchange)),
@@ -208,6 +213,7 @@ impl Worker {
             redis: redis.clone(),
             postgres,
             queues: engine.as_ref().map(|e| Arc::clone(&e.health)),
+            delays: engine.as_ref().map(|_| delays_rx),
         });
 
         let scheduler = match &settings.schedules {
@@ -259,6 +265,7 @@ impl Worker {
             scheduler,
             engine,
             consuming,
+            delays_declared,
         })
     }
 
@@ -286,6 +293,7 @@ impl Worker {
             scheduler,
             engine,
             consuming,
+            delays_declared,
         } = self;
         let http_addr = http.as_ref().map(HttpServer::addr);
         let queues = engine
@@ -332,12 +340,21 @@ impl Worker {
                     panel,
                     shutdown.clone(),
                 )));
-                background.push(tokio::spawn(delay::poller::run(
-                    engine.delayed.clone(),
-                    Arc::clone(&publisher),
-                    shutdown.clone(),
-                )));
                 let mut consuming_rx = consuming.subscribe();
+                // Once consuming (the delay topology and our bindings are declared by then).
+                let migration = delay::migrate::run(
+                    engine.redis.clone(),
+                    engine.key_prefix.clone(),
+                    Arc::clone(&publisher),
+                    engine.delayed_queue_type,
+                    shutdown.clone(),
+                );
+                let mut migrate_after = consuming.subscribe();
+                background.push(tokio::spawn(async move {
+                    if migrate_after.wait_for(|c| *c).await.is_ok() {
+                        migration.await;
+                    }
+                }));
                 let (receivers, consumer) = consumer::spawn(
                     engine.rabbitmq_url.clone(),
                     engine.queues.clone(),
@@ -345,6 +362,8 @@ impl Worker {
                     ConsumerControl {
                         shutdown: shutdown.clone(),
                         consuming,
+                        delayed_queue_type: engine.delayed_queue_type,
+                        delays_declared,
                     },
                 );
                 background.push(tokio::spawn(async move {
@@ -501,6 +520,7 @@ fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {
         },
         inflight_bytes: run.inflight_bytes,
         eta_hold: run.eta_hold(),
+        delayed_queue_type: run.delayed_queue_type,
         time_limits: run.time_limits(),
     }
 }

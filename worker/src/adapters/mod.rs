@@ -5,7 +5,7 @@
 //!   dead letters);
 //! - `control`: Celery's remote control mailbox (pidbox) and the revoked ids kept in Redis;
 //! - [`results`]: Celery's Redis result backend;
-//! - [`delay`]: the store where tasks with a far eta wait;
+//! - [`delay`]: moving what the old Redis delayed store still holds into the delay topology;
 //! - [`http`]: health, readiness, metrics and result lookup over HTTP;
 //! - [`postgres`]: the jobs' database pool, its startup probe, `--migrate`;
 //! - [`redis_conn`]: connecting to Redis, shared by the Redis adapters.

@@ -1,5 +1,5 @@
-//! Connecting to Redis, for every Redis adapter (results, the delayed store, the scheduler's
-//! state), and the error type of their commands.
+//! Connecting to Redis, for every Redis adapter (results, the scheduler's state, the migration
+//! of the old delayed store), and the error type of their commands.
 //!
 //! One `ConnectionManager` per process is shared by clones: it multiplexes commands over one
 //! connection and reconnects by itself. Connecting retries with backoff while Redis is

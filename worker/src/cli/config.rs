@@ -31,6 +31,7 @@ pub(crate) fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "WORKER_RESULT_EXTENDED": s.result_extended,
         "WORKER_MAX_MESSAGE_BYTES": s.max_message_bytes,
         "WORKER_ETA_HOLD": s.eta_hold,
+        "WORKER_DELAYED_QUEUE_TYPE": s.delayed_queue_type,
         "WORKER_SOFT_TIME_LIMIT": s.soft_time_limit,
         "WORKER_TIME_LIMIT": s.time_limit,
         "WORKER_RESULT_BUFFER": s.result_buffer,

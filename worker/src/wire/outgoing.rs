@@ -1,7 +1,13 @@
 //! Every message the worker publishes is built here: new tasks (`worker send`, scheduler
-//! ticks), retries, dead letters and republished delayed messages. Each builder returns an
-//! [`OutgoingMessage`] — routing key, body, [`Properties`] — that the broker adapter publishes
-//! as it is; no other module assembles headers or AMQP properties.
+//! ticks), retries, dead letters and delayed messages. Each builder returns an
+//! [`OutgoingMessage`] — exchange, routing key, body, [`Properties`] — that the broker adapter
+//! publishes as it is; no other module assembles headers or AMQP properties.
+//!
+//! Delays use Celery 5.5+'s native delayed delivery (kombu's `native_delayed_delivery`): a
+//! message due in `n` whole seconds is published to the topic exchange `celery_delayed_27` with
+//! routing key [`delayed_routing_key`] — `n` as 28 binary digits joined by dots, then the
+//! destination queue — and RabbitMQ's per-level TTLs bring it to `celery_delayed_delivery`,
+//! bound to the queue by `#.<queue>`, after `n` seconds.
 //!
 //! Pure: the clock and the publisher's identity (`origin`) are arguments.
 
@@ -48,10 +54,72 @@ pub const MAX_DEAD_LETTER_DETAIL: usize = 1024;
 /// producer and this worker agree on it.
 pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs((1 << 28) - 1);
 
-/// A message ready to publish on the default exchange.
+/// Bits of a delay's routing key (kombu's `MAX_NUMBER_OF_BITS_TO_USE`): levels 0..=27.
+pub const DELAY_BITS: u32 = 28;
+/// Where delayed messages end: the topic exchange our queues are bound to by `#.<queue>`.
+pub const DELAYED_DELIVERY_EXCHANGE: &str = "celery_delayed_delivery";
+
+/// The exchange and queue of delay level `level` (kombu's `level_name`, no prefix).
+pub fn delay_level_name(level: u32) -> String {
+    format!("celery_delayed_{level}")
+}
+
+/// Why a delayed message cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DelayError {
+    #[error("a delay must be at least 1 s and at most {max} s; got {0} s", max = (1u64 << DELAY_BITS) - 1)]
+    OutOfRange(u64),
+    #[error("a delayed message needs a destination queue")]
+    NoQueue,
+    #[error("the delayed routing key for queue {0:?} is longer than AMQP's 255 bytes")]
+    KeyTooLong(String),
+}
+
+/// kombu's `calculate_routing_key`: `countdown` as 28 binary digits joined by dots, then
+/// `.<routing_key>` with any delay prefix an earlier delay left on it removed first (a retried
+/// task's routing key may carry one).
+pub fn delayed_routing_key(countdown: u64, routing_key: &str) -> Result<String, DelayError> {
+    if !(1..1 << DELAY_BITS).contains(&countdown) {
+        return Err(DelayError::OutOfRange(countdown));
+    }
+    let base = strip_delay_prefix(routing_key);
+    if base.is_empty() {
+        return Err(DelayError::NoQueue);
+    }
+    let mut key = String::with_capacity(2 * DELAY_BITS as usize + base.len());
+    for bit in (0..DELAY_BITS).rev() {
+        key.push(if countdown >> bit & 1 == 1 { '1' } else { '0' });
+        key.push('.');
+    }
+    key.push_str(base);
+    if key.len() > 255 {
+        return Err(DelayError::KeyTooLong(base.to_owned()));
+    }
+    Ok(key)
+}
+
+/// `routing_key` without one leading delay prefix (28 `[01].` groups), as kombu strips it.
+pub fn strip_delay_prefix(routing_key: &str) -> &str {
+    let bytes = routing_key.as_bytes();
+    let prefix = 2 * DELAY_BITS as usize;
+    let is_prefix = bytes.len() >= prefix
+        && bytes[..prefix]
+            .chunks(2)
+            .all(|c| (c[0] == b'0' || c[0] == b'1') && c[1] == b'.');
+    if is_prefix {
+        &routing_key[prefix..]
+    } else {
+        routing_key
+    }
+}
+
+/// A message ready to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingMessage {
-    /// The queue (Celery routes through the default exchange by queue name).
+    /// Empty: the default exchange, where the routing key is the queue (Celery routes tasks so);
+    /// `celery_delayed_27` for a delayed message.
+    pub exchange: String,
+    /// The queue, or for a delayed message [`delayed_routing_key`].
     pub routing_key: String,
     pub body: Vec<u8>,
     pub properties: Properties,
@@ -121,6 +189,7 @@ impl OutgoingMessage {
             }
         }
         Self {
+            exchange: String::new(),
             routing_key: queue.to_owned(),
             body: task.body(),
             properties,
@@ -142,6 +211,7 @@ impl OutgoingMessage {
         );
         let body = json!([message.args, message.kwargs, message.embed]);
         Self {
+            exchange: String::new(),
             routing_key: queue.to_owned(),
             body: body.to_string().into_bytes(),
             properties: Properties::celery_task(&message.id, json_to_table(&headers)),
@@ -180,6 +250,7 @@ impl OutgoingMessage {
         );
         h.insert(DEAD_LETTER_QUEUE.into(), text(note.queue));
         Self {
+            exchange: String::new(),
             routing_key: dead_letter_queue.to_owned(),
             body: body.to_vec(),
             properties,
@@ -197,19 +268,43 @@ impl OutgoingMessage {
         }
         properties.headers = headers;
         Self {
+            exchange: String::new(),
             routing_key: queue.to_owned(),
             body: body.to_vec(),
             properties,
         }
     }
 
-    /// A message published again unchanged (a delayed message whose time has come).
+    /// A message published again unchanged, straight to its queue (a delayed message of the
+    /// old Redis store whose time has come).
     pub fn republish(queue: &str, body: Vec<u8>, properties: Properties) -> Self {
         Self {
+            exchange: String::new(),
             routing_key: queue.to_owned(),
             body,
             properties,
         }
+    }
+
+    /// `message` (meant for its queue, `message.routing_key`) into the delay topology, to
+    /// arrive in that queue after `countdown` whole seconds: the body and properties stay as
+    /// they are (id, headers and `eta` included), only the exchange and routing key change.
+    /// Persistent, since the wait must survive a broker restart.
+    pub fn delayed(message: OutgoingMessage, countdown: u64) -> Result<Self, DelayError> {
+        let routing_key = delayed_routing_key(countdown, &message.routing_key)?;
+        let mut properties = message.properties;
+        properties.delivery_mode = Some(PERSISTENT);
+        Ok(Self {
+            exchange: delay_level_name(DELAY_BITS - 1),
+            routing_key,
+            body: message.body,
+            properties,
+        })
+    }
+
+    /// The queue a message ends in: its routing key, without a delay prefix.
+    pub fn destination_queue(&self) -> &str {
+        strip_delay_prefix(&self.routing_key)
     }
 
     /// The AMQP properties, for publishing.
@@ -231,6 +326,57 @@ impl OutgoingMessage {
 mod tests {
     use super::*;
     use chrono::TimeDelta;
+
+    #[test]
+    fn delayed_routing_keys_match_kombu() {
+        // kombu: calculate_routing_key(864000, "q") (a 10-day countdown).
+        let key = delayed_routing_key(864_000, "q").unwrap();
+        assert_eq!(
+            key,
+            "0.0.0.0.0.0.0.0.1.1.0.1.0.0.1.0.1.1.1.1.0.0.0.0.0.0.0.0.q"
+        );
+        assert_eq!(
+            delayed_routing_key(1, &key).unwrap(),
+            format!("{}1.q", "0.".repeat(27))
+        );
+        assert_eq!(strip_delay_prefix(&key), "q");
+        assert_eq!(strip_delay_prefix("0.1.q"), "0.1.q");
+        assert_eq!(delayed_routing_key(0, "q"), Err(DelayError::OutOfRange(0)));
+        assert_eq!(
+            delayed_routing_key(1 << 28, "q"),
+            Err(DelayError::OutOfRange(1 << 28))
+        );
+        assert_eq!(delayed_routing_key(5, ""), Err(DelayError::NoQueue));
+        assert!(matches!(
+            delayed_routing_key(5, &"x".repeat(250)),
+            Err(DelayError::KeyTooLong(_))
+        ));
+        let mut t = OutgoingTask::new("worker.ping", vec![], Default::default());
+        t.eta = Some(Utc::now());
+        let m = OutgoingMessage::task("q", &t, "gen1@h", Utc::now());
+        let d = OutgoingMessage::delayed(m.clone(), 3).unwrap();
+        assert_eq!(d.exchange, "celery_delayed_27");
+        assert_eq!(d.destination_queue(), "q");
+        assert_eq!(d.properties.headers, m.properties.headers);
+        assert_eq!(d.body, m.body);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn delayed_keys_encode_the_countdown_and_never_grow(
+            countdown in 1u64..(1 << DELAY_BITS),
+            again in 1u64..(1 << DELAY_BITS),
+            queue in "[a-z0-9._-]{1,40}",
+        ) {
+            let key = delayed_routing_key(countdown, &queue).unwrap();
+            let bits: String = key.split('.').take(DELAY_BITS as usize).collect();
+            proptest::prop_assert_eq!(u64::from_str_radix(&bits, 2).unwrap(), countdown);
+            proptest::prop_assert_eq!(strip_delay_prefix(&key), queue.as_str());
+            // A retry of a delayed message replaces the prefix instead of adding one.
+            let twice = delayed_routing_key(again, &key).unwrap();
+            proptest::prop_assert_eq!(twice.len(), key.len());
+        }
+    }
 
     #[test]
     fn a_task_that_expires_gets_a_ttl_unless_already_expired() {

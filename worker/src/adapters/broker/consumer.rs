@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use super::connection::OnRefusal;
 use super::settle::{Incoming, Settlements};
 use super::{BrokerError, connection, topology};
+use crate::settings::DelayQueueType;
 use crate::shutdown::{Phase, Shutdown};
 
 /// What the consumer is told and what it tells: the shutdown it follows, and whether it
@@ -34,6 +35,10 @@ pub(crate) struct ConsumerControl {
     pub shutdown: Shutdown,
     /// True while consuming.
     pub consuming: watch::Sender<bool>,
+    /// The delay topology's queue type, declared (with our queues' bindings) on every connect.
+    pub delayed_queue_type: DelayQueueType,
+    /// True once that declaration succeeded on the current connection (read by `/readyz`).
+    pub delays_declared: watch::Sender<bool>,
 }
 
 /// The consumer's task: it ends with an error only when the broker refused the login or vhost
@@ -118,6 +123,8 @@ async fn consume(
     control: &ConsumerControl,
 ) -> Result<Ended, BrokerError> {
     let channel = open_channel(conn, queues, prefetch).await?;
+    let declared = declare_delays(conn, queues, control.delayed_queue_type).await;
+    control.delays_declared.send_replace(declared);
     let settlements = Settlements::new(channel.clone());
     let acks_stop = CancellationToken::new();
     let acks = tokio::spawn(Arc::clone(&settlements).run(acks_stop.clone()));
@@ -194,6 +201,38 @@ async fn consume(
             // lapin log a spurious "invalid channel state: Closing" error on every shutdown.
             let _ = channel.close(200, "worker shutting down".into()).await;
             Ok(Ended::Closed)
+        }
+    }
+}
+
+/// Declare the delay topology and bind our queues to it, on a channel of its own: a 406 (a
+/// topology declared with another queue type) closes that channel only, and consuming goes on
+/// — tasks without a countdown still run, delayed ones go back to their queue and say why.
+async fn declare_delays(conn: &Connection, queues: &[String], queue_type: DelayQueueType) -> bool {
+    let declared = async {
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(BrokerError::amqp("channel.open"))?;
+        topology::declare_delay_topology(&channel, queue_type).await?;
+        for q in queues {
+            topology::bind_to_delayed_delivery(&channel, q).await?;
+        }
+        let _ = channel.close(200, "delay topology declared".into()).await;
+        Ok::<(), BrokerError>(())
+    };
+    match declared.await {
+        Ok(()) => {
+            info!(queue_type = queue_type.as_str(), "delay topology declared");
+            true
+        }
+        Err(e) => {
+            error!(
+            error = %e,
+            queue_type = queue_type.as_str(),
+            "cannot declare the delay topology (celery_delayed_*); countdowns and retries cannot wait in RabbitMQ. If it exists with another queue type, set WORKER_DELAYED_QUEUE_TYPE to the broker_native_delayed_delivery_queue_type of the Python workers"
+            );
+            false
         }
     }
 }

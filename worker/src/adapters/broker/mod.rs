@@ -2,7 +2,8 @@
 //!
 //! - [`connection`]: parsing RABBITMQ_URL, connecting with capped backoff and a redacted URL in
 //!   every log line, telling a refused login from a broker that is down;
-//! - [`topology`]: declaring queues exactly as Celery does, plus our `<queue>.dead` queues;
+//! - [`topology`]: declaring queues exactly as Celery does, plus our `<queue>.dead` queues, and
+//!   the delay topology exactly as kombu does;
 //! - [`consumer`]: the consuming connection, reconnected forever, feeding one apalis backend
 //!   per queue ([`backend::CeleryBackend`]);
 //! - [`settle`]: acks and requeues of finished deliveries, acks batched per channel;
@@ -55,6 +56,13 @@ pub enum BrokerError {
     },
     #[error("RabbitMQ refused to take the message published to {routing_key:?} (nack)")]
     Nacked { routing_key: String },
+    #[error(
+        "RabbitMQ returned the message published to exchange {exchange:?} with routing key {routing_key:?}: no queue is bound for it"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 impl BrokerError {

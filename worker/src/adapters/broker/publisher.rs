@@ -2,6 +2,9 @@
 //! message (publisher confirms), so a caller that acks something else afterwards — a dead-lettered
 //! delivery, a replayed dead letter — never loses the message in between.
 //!
+//! Delayed messages (published to the delay topology's `celery_delayed_27`) are mandatory: a
+//! topology that is missing a binding returns the message instead of dropping it silently.
+//!
 //! The publisher owns its own connection, opened on first use and re-opened after a failure,
 //! so it survives broker restarts without the caller noticing more than one failed attempt.
 
@@ -13,6 +16,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 
 use super::{BrokerError, connection, topology};
+use crate::settings::DelayQueueType;
 use crate::wire::{OutgoingMessage, OutgoingTask};
 
 /// Whether the routing key is a Celery queue to declare (once per connection) before publishing.
@@ -22,12 +26,20 @@ pub(crate) enum Declare {
     CeleryQueue,
     /// Declared by someone else (a dead-letter queue declared with its queue).
     Nothing,
+    /// Into the delay topology: the topology (of this queue type) is declared once per
+    /// connection, and the destination queue declared as Celery does and bound to
+    /// `celery_delayed_delivery`, so that the message has a way home.
+    Delayed(DelayQueueType),
 }
 
 struct Open {
     _conn: Connection,
     channel: Channel,
     declared: HashSet<String>,
+    /// Whether the delay topology was declared on this connection.
+    topology: bool,
+    /// Queues bound to `celery_delayed_delivery` on this connection.
+    bound: HashSet<String>,
 }
 
 pub(crate) struct Publisher {
@@ -57,7 +69,7 @@ impl Publisher {
         self.publish(&message, Declare::CeleryQueue).await
     }
 
-    /// Publish `message` on the default exchange and wait for RabbitMQ's confirm.
+    /// Publish `message` and wait for RabbitMQ's confirm.
     pub(crate) async fn publish(
         &self,
         message: &OutgoingMessage,
@@ -87,16 +99,42 @@ impl Publisher {
         let routing_key = message.routing_key.as_str();
         let mut guard = self.open.lock().await;
         let open = self.ensure_open(&mut guard).await?;
-        if declare == Declare::CeleryQueue && !open.declared.contains(routing_key) {
-            topology::declare_celery_queue(&open.channel, routing_key).await?;
-            open.declared.insert(routing_key.to_owned());
+        let queue = match declare {
+            Declare::Delayed(queue_type) => {
+                if !open.topology {
+                    topology::declare_delay_topology(&open.channel, queue_type).await?;
+                    open.topology = true;
+                }
+                let queue = message.destination_queue();
+                if !open.bound.contains(queue) {
+                    if !open.declared.contains(queue) {
+                        topology::declare_celery_queue(&open.channel, queue).await?;
+                        open.declared.insert(queue.to_owned());
+                    }
+                    topology::bind_to_delayed_delivery(&open.channel, queue).await?;
+                    open.bound.insert(queue.to_owned());
+                }
+                None
+            }
+            Declare::CeleryQueue => Some(routing_key),
+            Declare::Nothing => None,
+        };
+        if let Some(queue) = queue
+            && !open.declared.contains(queue)
+        {
+            topology::declare_celery_queue(&open.channel, queue).await?;
+            open.declared.insert(queue.to_owned());
         }
+        let options = BasicPublishOptions {
+            mandatory: matches!(declare, Declare::Delayed(_)),
+            ..BasicPublishOptions::default()
+        };
         let confirm = open
             .channel
             .basic_publish(
-                "".into(),
+                message.exchange.as_str().into(),
                 routing_key.into(),
-                BasicPublishOptions::default(),
+                options,
                 &message.body,
                 message.amqp_properties(),
             )
@@ -106,6 +144,12 @@ impl Publisher {
             .map_err(BrokerError::amqp("publisher confirm"))?;
         if confirm.is_nack() {
             return Err(BrokerError::Nacked {
+                routing_key: routing_key.to_owned(),
+            });
+        }
+        if confirm.take_message().is_some() {
+            return Err(BrokerError::Unroutable {
+                exchange: message.exchange.clone(),
                 routing_key: routing_key.to_owned(),
             });
         }
@@ -132,6 +176,8 @@ impl Publisher {
                     _conn: conn,
                     channel,
                     declared: HashSet::new(),
+                    topology: false,
+                    bound: HashSet::new(),
                 }
             }
         };

@@ -39,6 +39,9 @@ pub(crate) struct Dependencies {
     pub postgres: Option<PgPool>,
     /// Which queues' workers stopped; None where nothing is consumed.
     pub queues: Option<Arc<QueueHealth>>,
+    /// Whether the consumer declared the delay topology (and bound our queues) on its last
+    /// connect; None where nothing is consumed.
+    pub delays: Option<watch::Receiver<bool>>,
 }
 
 impl Dependencies {
@@ -95,6 +98,15 @@ impl Dependencies {
             };
             out.insert("queues", check);
         }
+        if let Some(delays) = &self.delays {
+            // Without it countdowns and retries cannot wait in RabbitMQ (the log says why).
+            let declared = if *delays.borrow() {
+                Ok(())
+            } else {
+                Err("not declared")
+            };
+            out.insert("delay_topology", status(declared));
+        }
         for (name, v) in &out {
             METRICS
                 .dependency_up
@@ -146,7 +158,9 @@ fn broker_problem(e: &BrokerError) -> &'static str {
         BrokerError::VhostRefused { .. } => "vhost refused",
         BrokerError::InvalidUrl { .. } => "invalid RABBITMQ_URL",
         BrokerError::Connect { .. } => UNREACHABLE,
-        BrokerError::Amqp { .. } | BrokerError::Nacked { .. } => FAILED,
+        BrokerError::Amqp { .. } | BrokerError::Nacked { .. } | BrokerError::Unroutable { .. } => {
+            FAILED
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! What happens to one delivery, start to finish.
 //!
 //! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> skip
-//! if expired or revoked (REVOKED) -> if its eta is far, park it in the delayed store (near:
-//! wait, then check expiry and revoke again) -> run within its
+//! if expired or revoked (REVOKED) -> if its eta is far, park it in RabbitMQ's delay topology
+//! (near: wait, then check expiry and revoke again) -> run within its
 //! time limits, writing STARTED alongside -> SUCCESS, RETRY (republished) or FAILURE -> ack. The
 //! ack comes last, after the outcome is recorded: a crash anywhere before it means RabbitMQ
 //! redelivers the message (at-least-once), and a stored SUCCESS is never overwritten by the
@@ -37,12 +37,11 @@ use super::time_limit::{self, run_limited};
 use crate::adapters::broker::dead_letter;
 use crate::adapters::broker::publisher::{Declare, Publisher};
 use crate::adapters::broker::settle::Incoming;
-use crate::adapters::delay::{DelayedMessage, DelayedStore};
 use crate::adapters::results::ResultWriter;
 use crate::app::control::revoked::Revoked;
 use crate::app::registry::{CallArgs, ErasedJob, JobContext, Registry};
 use crate::metrics::METRICS;
-use crate::settings::TimeLimits;
+use crate::settings::{DelayQueueType, TimeLimits};
 use crate::wire::delivery::{self, Delivered};
 use crate::wire::message::Limits;
 use crate::wire::outgoing::MAX_DELAY;
@@ -60,15 +59,17 @@ pub(crate) struct ExecutorSettings {
     pub limits: Limits,
     /// Bytes of message bodies processed at once (at least one largest message).
     pub inflight_bytes: usize,
-    /// An eta at most this far away is waited for in memory; a later one goes to the delayed store.
+    /// An eta at most this far away is waited for in memory; a later one goes to the delay
+    /// topology (at least 1 s: the topology counts whole seconds).
     pub eta_hold: Duration,
+    /// The delay topology's queue type, declared before the first delayed publish.
+    pub delayed_queue_type: DelayQueueType,
     pub time_limits: TimeLimits,
 }
 
 pub(crate) struct Executor {
     registry: Registry,
     results: Arc<ResultWriter>,
-    delayed: DelayedStore,
     publisher: Arc<Publisher>,
     settings: ExecutorSettings,
     /// The in-flight budget, one permit per KiB of body.
@@ -107,7 +108,6 @@ impl Executor {
     pub(crate) fn new(
         registry: Registry,
         results: Arc<ResultWriter>,
-        delayed: DelayedStore,
         publisher: Arc<Publisher>,
         settings: ExecutorSettings,
     ) -> Self {
@@ -115,7 +115,6 @@ impl Executor {
         Self {
             registry,
             results,
-            delayed,
             publisher,
             budget: Semaphore::new(kib(budget) as usize),
             settings,
@@ -266,10 +265,11 @@ impl Executor {
                     .await;
             }
             if wait > self.settings.eta_hold {
-                return self.park(queue, delivery, &message, eta).await;
+                return self.park(queue, delivery, origin, eta, wait).await;
             }
             held.scheduled(eta);
-            // A revoke with terminate ends the wait at once.
+            // Also a message back from the delay topology, which counts whole seconds and so
+            // may bring it up to a second early. A revoke with terminate ends the wait at once.
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = held.abort().cancelled() => {}
@@ -412,7 +412,21 @@ impl Executor {
             };
         };
         let retry = OutgoingMessage::retry(queue, message, eta);
-        match self.publisher.publish(&retry, Declare::CeleryQueue).await {
+        // A backoff longer than the hold waits in the delay topology (whole seconds, as kombu
+        // counts them; the rest is waited for when it comes back), a shorter one in memory.
+        let published = if countdown > self.settings.eta_hold {
+            match OutgoingMessage::delayed(retry, countdown.as_secs()) {
+                Ok(delayed) => self.publish_delayed(queue, &delayed).await,
+                Err(e) => {
+                    return Settle::Requeue {
+                        problem: format!("retry countdown {countdown:?}: {e}"),
+                    };
+                }
+            }
+        } else {
+            self.publisher.publish(&retry, Declare::CeleryQueue).await
+        };
+        match published {
             Ok(()) => {
                 info!(countdown_s = countdown.as_secs_f64(), retries = message.retries + 1, error = %err, "task will be retried");
                 METRICS
@@ -435,24 +449,38 @@ impl Executor {
         }
     }
 
-    /// Move a message whose eta is far away into the delayed store, then ack it.
+    /// Move a message whose eta is far away into the delay topology, then ack it (only after
+    /// RabbitMQ confirmed the copy). The copy is the message as it came — body, headers, id,
+    /// `eta` — so whoever consumes it when it comes back, this worker or a Python one, runs it.
     async fn park(
         &self,
         queue: &str,
         delivery: &Delivery,
-        message: &TaskMessage,
+        origin: Origin<'_>,
         eta: chrono::DateTime<Utc>,
+        wait: Duration,
     ) -> Settle {
-        let parked = DelayedMessage::parked(
+        let original = OutgoingMessage::republish(
             queue,
-            &message.id,
-            eta,
-            &delivery.data,
-            &Properties::from(&delivery.properties),
+            delivery.data.to_vec(),
+            Properties::from(&delivery.properties),
         );
-        match self.delayed.put(&parked).await {
+        // Whole seconds, truncated as kombu's producers do: it comes back early by under a
+        // second and is waited for in memory.
+        let delayed = match OutgoingMessage::delayed(original, wait.as_secs()) {
+            Ok(delayed) => delayed,
+            Err(e) => {
+                // Only a queue name too long for a routing key gets here (the wait is checked
+                // against MAX_DELAY before): it can never be delayed, so it cannot run.
+                let err = TaskError::value_error(format!("cannot delay this message: {e}"));
+                return self
+                    .dead_letter_then_fail(queue, delivery, "delay_impossible", &err, Some(origin))
+                    .await;
+            }
+        };
+        match self.publish_delayed(queue, &delayed).await {
             Ok(()) => {
-                info!(eta = %eta, "eta is far: parked in the delayed store");
+                info!(eta = %eta, countdown_s = wait.as_secs(), "eta is far: parked in the delay topology");
                 Settle::Ack
             }
             Err(e) => {
@@ -462,6 +490,19 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Publish into the delay topology, with a confirm, and count it.
+    async fn publish_delayed(
+        &self,
+        queue: &str,
+        delayed: &OutgoingMessage,
+    ) -> Result<(), crate::adapters::broker::BrokerError> {
+        self.publisher
+            .publish(delayed, Declare::Delayed(self.settings.delayed_queue_type))
+            .await?;
+        METRICS.messages_delayed.with_label_values(&[queue]).inc();
+        Ok(())
     }
 
     /// A message we cannot even read: dead-letter it, and store FAILURE if it named an id.
