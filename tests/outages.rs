@@ -206,8 +206,8 @@ async fn redis_restart_in_the_middle_of_a_run_keeps_every_result() {
         worker.logs()
     );
     assert!(
-        worker.logs().contains("buffering the result"),
-        "results were buffered during the outage\n{}",
+        worker.logs().contains("in RabbitMQ"),
+        "results waited in the undelivered-results queue during the outage\n{}",
         worker.logs()
     );
     assert_eq!(readyz_during.0, 503, "{}", readyz_during.1);

@@ -26,8 +26,8 @@ pub(crate) struct Metrics {
     pub ack_frames: IntCounterVec,
     pub task_duration: HistogramVec,
     pub tasks_in_flight: IntGauge,
-    pub result_buffer_length: IntGauge,
-    pub results_dropped: IntGauge,
+    pub results_waiting_for_redis: IntGauge,
+    pub results_queued: IntCounter,
     pub dependency_up: GaugeVec,
     pub schedule_last_tick: GaugeVec,
     pub schedule_next_tick: GaugeVec,
@@ -155,15 +155,15 @@ impl Metrics {
             ),
             task_duration,
             tasks_in_flight: int_gauge(&registry, "worker_tasks_in_flight", "Tasks running now."),
-            result_buffer_length: int_gauge(
+            results_waiting_for_redis: int_gauge(
                 &registry,
-                "worker_result_buffer_length",
-                "Results waiting in memory for Redis.",
+                "worker_results_waiting_for_redis",
+                "Depth of the undelivered-results queue: final results waiting in RabbitMQ for Redis.",
             ),
-            results_dropped: int_gauge(
+            results_queued: int_counter(
                 &registry,
-                "worker_results_dropped",
-                "Results dropped because the buffer was full.",
+                "worker_results_queued_total",
+                "Final results Redis did not take, published to the undelivered-results queue.",
             ),
             dependency_up: gauge_vec(
                 &registry,

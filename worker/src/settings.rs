@@ -203,9 +203,15 @@ pub struct RunSettings {
     #[arg(long, env = "WORKER_TIME_LIMIT", default_value_t = 1800.0)]
     pub time_limit: f64,
 
-    /// Final results kept in memory while Redis is unreachable; beyond it the oldest is dropped.
-    #[arg(long, env = "WORKER_RESULT_BUFFER", default_value_t = 10_000)]
-    pub result_buffer: usize,
+    /// The durable queue where a final result waits while Redis does not take it; every
+    /// replica writes what is there to Redis as soon as it answers. Replicas of one deployment
+    /// share it; two deployments with different result stores need different names.
+    #[arg(
+        long,
+        env = "WORKER_UNDELIVERED_RESULTS_QUEUE",
+        default_value = "worker.results.undelivered"
+    )]
+    pub undelivered_results_queue: String,
 }
 
 /// The queue type of the delay topology (kombu accepts exactly these two).

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //!   consumer ──deliveries──► engine (apalis workers) ──► executor ──► results / publisher
-//!   background: result flusher, old-delayed-store migration, readiness probe, scheduler, HTTP,
+//!   background: undelivered-results drainer, old-delayed-store migration, readiness probe, scheduler, HTTP,
 //!               remote control mailbox (app::control over adapters::control)
 //! ```
 //!
@@ -42,6 +42,7 @@ use crate::adapters::http::{
 use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::redis_conn::{self, InvalidRedisUrl, RedisConnectError};
 use crate::adapters::redis_eviction;
+use crate::adapters::results::undelivered::{Depth, Drainer};
 use crate::adapters::results::{ResultStore, ResultWriter};
 use crate::app::control::inspect::conf_of;
 use crate::app::control::revoked::Revoked;
@@ -113,6 +114,8 @@ struct Engine {
     key_prefix: String,
     delayed_queue_type: settings::DelayQueueType,
     results: Arc<ResultWriter>,
+    /// Depth of the undelivered-results queue, as its drainer last saw it.
+    results_waiting: Arc<Depth>,
     health: Arc<QueueHealth>,
     /// Remote control: the commands' state and the mailbox's names.
     control: (Arc<Panel>, MailboxNames),
@@ -175,7 +178,11 @@ impl Worker {
         let (registry, postgres, engine) = match &settings.consume {
             Some(consume) => {
                 let (registry, pool) = jobs_registry(conn, consume).await?;
-                let results = ResultWriter::new(store.clone(), consume.run.result_buffer);
+                let results = ResultWriter::new(
+                    store.clone(),
+                    Arc::clone(&publisher),
+                    &consume.run.undelivered_results_queue,
+                );
                 let panel =
                     remote_control(conn, &consume.run, &hostname, &registry, &store, &redis).await;
                 let executor = Arc::new(
@@ -196,6 +203,7 @@ impl Worker {
                     key_prefix: conn.key_prefix.clone(),
                     delayed_queue_type: consume.run.delayed_queue_type,
                     results,
+                    results_waiting: Arc::default(),
                     health: Arc::new(QueueHealth::default()),
                     control: (panel, MailboxNames::new(&conn.control_exchange)),
                 };
@@ -214,6 +222,7 @@ impl Worker {
             postgres,
             queues: engine.as_ref().map(|e| Arc::clone(&e.health)),
             delays: engine.as_ref().map(|_| delays_rx),
+            results_waiting: engine.as_ref().map(|e| Arc::clone(&e.results_waiting)),
         });
 
         let scheduler = match &settings.schedules {
@@ -245,7 +254,6 @@ impl Worker {
             });
             let state = HttpState {
                 results: store,
-                writer: engine.as_ref().map(|e| Arc::clone(&e.results)),
                 dependencies: Arc::clone(&dependencies),
                 schedules,
             };
@@ -330,9 +338,14 @@ impl Worker {
 
         let refused = match engine {
             Some(engine) => {
-                background.push(tokio::spawn(
-                    Arc::clone(&engine.results).run_flusher(shutdown.clone()),
-                ));
+                let drainer = Drainer {
+                    url: engine.rabbitmq_url.clone(),
+                    queue: engine.results.queue().to_owned(),
+                    store: engine.results.store().clone(),
+                    publisher: Arc::clone(&publisher),
+                    depth: Arc::clone(&engine.results_waiting),
+                };
+                background.push(tokio::spawn(drainer.run(shutdown.clone())));
                 let (panel, names) = engine.control;
                 background.push(tokio::spawn(mailbox::run(
                     engine.rabbitmq_url.clone(),

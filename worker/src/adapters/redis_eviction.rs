@@ -14,7 +14,7 @@ use tracing::{info, warn};
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the worker keeps in Redis, for the messages below: kept in one place so it stays true.
-pub(crate) const KEPT_IN_REDIS: &str = "task results (kept for result_expires)";
+pub(crate) const KEPT_IN_REDIS: &str = "task results (kept for result_expires), revoked task ids, the scheduler's tick claims and last runs";
 
 /// How Redis chooses keys to evict when it reaches `maxmemory`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +54,11 @@ impl Eviction {
     pub(crate) fn risk(&self) -> &'static str {
         match self {
             Self::Never => "none: a full Redis refuses writes and results wait in RabbitMQ",
-            Self::KeysWithExpiry(_) | Self::AnyKey(_) => {
-                "results may be evicted before result_expires under memory pressure"
+            Self::KeysWithExpiry(_) => {
+                "results and tick claims may be evicted before they expire under memory pressure"
+            }
+            Self::AnyKey(_) => {
+                "any key may be evicted: results, revoked ids, the scheduler's claims and last runs"
             }
             Self::Unknown(_) => "unknown: maxmemory-policy could not be read",
         }
@@ -72,12 +75,12 @@ impl Eviction {
             Self::KeysWithExpiry(_) => info!(
                 maxmemory_policy = self.policy(),
                 kept_in_redis = KEPT_IN_REDIS,
-                "Redis evicts keys with an expiry under memory pressure: a result may be gone before result_expires; delays and undelivered results are in RabbitMQ"
+                "Redis evicts keys with an expiry under memory pressure: a result may be gone before result_expires, a tick claim before its tick is safe; delays and undelivered results are in RabbitMQ"
             ),
             Self::AnyKey(_) => warn!(
                 maxmemory_policy = self.policy(),
                 kept_in_redis = KEPT_IN_REDIS,
-                "Redis may evict any key under memory pressure: a result may be gone before result_expires (AsyncResult then says PENDING). Delays and undelivered results are in RabbitMQ, so no task is lost; to keep results, give them a Redis or database with noeviction or volatile-lru (docs/deployment.md)"
+                "Redis may evict any key under memory pressure: a result may be gone before result_expires (AsyncResult then says PENDING), a revoke forgotten by a restarted replica, a schedule's claim or last run lost (a tick published twice or caught up again). Delays and undelivered results are in RabbitMQ, so no task is lost; give the worker a Redis with noeviction or volatile-lru (docs/deployment.md)"
             ),
             Self::Unknown(_) => info!(
                 maxmemory_policy = self.policy(),

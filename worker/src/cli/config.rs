@@ -34,7 +34,7 @@ pub(crate) fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "WORKER_DELAYED_QUEUE_TYPE": s.delayed_queue_type,
         "WORKER_SOFT_TIME_LIMIT": s.soft_time_limit,
         "WORKER_TIME_LIMIT": s.time_limit,
-        "WORKER_RESULT_BUFFER": s.result_buffer,
+        "WORKER_UNDELIVERED_RESULTS_QUEUE": s.undelivered_results_queue,
         "WORKER_KEY_PREFIX": conn.key_prefix,
         "WORKER_CONTROL_EXCHANGE": conn.control_exchange,
         "WORKER_SHUTDOWN_GRACE": run.service.shutdown_grace,

@@ -1,5 +1,5 @@
 //! Every message the worker publishes is built here: new tasks (`worker send`, scheduler
-//! ticks), retries, dead letters and delayed messages. Each builder returns an
+//! ticks), retries, dead letters, delayed messages and results waiting for Redis. Each builder returns an
 //! [`OutgoingMessage`] — exchange, routing key, body, [`Properties`] — that the broker adapter
 //! publishes as it is; no other module assembles headers or AMQP properties.
 //!
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::amqp_value::json_to_table;
 use super::properties::{PERSISTENT, Properties};
-use super::{OutgoingTask, TaskMessage};
+use super::{OutgoingTask, ResultMeta, TaskMessage};
 
 /// Headers a dead letter carries besides the original ones.
 pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
@@ -273,6 +273,24 @@ impl OutgoingMessage {
             body: body.to_vec(),
             properties,
         }
+    }
+
+    /// A final result Redis could not take, parked in our durable queue until it can: the
+    /// result document as the store writes it, persistent, with the task id as correlation id.
+    pub fn undelivered_result(queue: &str, result: &ResultMeta) -> Result<Self, serde_json::Error> {
+        let properties = Properties {
+            content_type: Some("application/json".into()),
+            content_encoding: Some("utf-8".into()),
+            delivery_mode: Some(PERSISTENT),
+            correlation_id: Some(result.task_id.clone()),
+            ..Properties::default()
+        };
+        Ok(Self {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            body: serde_json::to_vec(result)?,
+            properties,
+        })
     }
 
     /// A message published again unchanged, straight to its queue (a delayed message of the

@@ -26,6 +26,9 @@ pub(crate) enum Declare {
     CeleryQueue,
     /// Declared by someone else (a dead-letter queue declared with its queue).
     Nothing,
+    /// One of our own durable queues (undelivered results), declared once per connection and
+    /// published to as mandatory: a message no queue takes comes back as an error, not lost.
+    OwnQueue,
     /// Into the delay topology: the topology (of this queue type) is declared once per
     /// connection, and the destination queue declared as Celery does and bound to
     /// `celery_delayed_delivery`, so that the message has a way home.
@@ -118,6 +121,13 @@ impl Publisher {
             }
             Declare::CeleryQueue => Some(routing_key),
             Declare::Nothing => None,
+            Declare::OwnQueue => {
+                if !open.declared.contains(routing_key) {
+                    topology::declare_own_queue(&open.channel, routing_key).await?;
+                    open.declared.insert(routing_key.to_owned());
+                }
+                None
+            }
         };
         if let Some(queue) = queue
             && !open.declared.contains(queue)
@@ -126,7 +136,7 @@ impl Publisher {
             open.declared.insert(queue.to_owned());
         }
         let options = BasicPublishOptions {
-            mandatory: matches!(declare, Declare::Delayed(_)),
+            mandatory: matches!(declare, Declare::Delayed(_) | Declare::OwnQueue),
             ..BasicPublishOptions::default()
         };
         let confirm = open

@@ -208,3 +208,17 @@ pub async fn declare_with_dead_letter(channel: &Channel, queue: &str) -> Result<
         .map_err(BrokerError::amqp("queue.declare"))?;
     Ok(())
 }
+
+/// Declare one of our own durable queues (undelivered results): argument-free, so that any
+/// replica and an operator's `rabbitmqadmin declare queue` agree on it.
+pub async fn declare_own_queue(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp("queue.declare"))?;
+    Ok(())
+}

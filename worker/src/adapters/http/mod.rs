@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tracing::{info, warn};
 
-use crate::adapters::results::{ResultStore, ResultWriter};
+use crate::adapters::results::ResultStore;
 use crate::metrics::METRICS;
 use crate::settings::HttpSettings;
 use crate::shutdown::Shutdown;
@@ -41,7 +41,6 @@ pub(crate) type SchedulesSource = Arc<dyn Fn() -> BoxFuture<'static, Value> + Se
 #[derive(Clone)]
 pub(crate) struct HttpState {
     pub results: ResultStore,
-    pub writer: Option<Arc<ResultWriter>>,
     pub dependencies: Arc<Dependencies>,
     pub schedules: Option<SchedulesSource>,
 }
@@ -132,7 +131,13 @@ impl HttpServer {
 async fn readyz(State(state): State<HttpState>) -> Response {
     let report = state.dependencies.check().await;
     let ok = report.values().all(|c| c["ok"] == true);
-    let body = json!({"status": if ok { "ok" } else { "unavailable" }, "checks": report});
+    let degraded = report.values().any(|c| c["degraded"] == true);
+    let status = match (ok, degraded) {
+        (false, _) => "unavailable",
+        (true, true) => "degraded",
+        (true, false) => "ok",
+    };
+    let body = json!({"status": status, "checks": report});
     let code = if ok {
         StatusCode::OK
     } else {
@@ -141,15 +146,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
-    if let Some(w) = &state.writer {
-        METRICS
-            .result_buffer_length
-            .set(i64::try_from(w.buffered()).unwrap_or(i64::MAX));
-        METRICS
-            .results_dropped
-            .set(i64::try_from(w.dropped()).unwrap_or(i64::MAX));
-    }
+async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         METRICS.render(),

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::adapters::broker::BrokerError;
 use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::redis_eviction;
+use crate::adapters::results::undelivered::Depth;
 use crate::app::engine::QueueHealth;
 
 use crate::metrics::METRICS;
@@ -37,6 +38,8 @@ pub(crate) struct Dependencies {
     pub redis: ConnectionManager,
     /// The jobs' pool; None where no job runs (`worker scheduler`).
     pub postgres: Option<PgPool>,
+    /// Depth of the undelivered-results queue; None where nothing is consumed.
+    pub results_waiting: Option<Arc<Depth>>,
     /// Which queues' workers stopped; None where nothing is consumed.
     pub queues: Option<Arc<QueueHealth>>,
     /// Whether the consumer declared the delay topology (and bound our queues) on its last
@@ -87,6 +90,16 @@ impl Dependencies {
                 .map_err(|_| TIMED_OUT)
                 .and_then(|r| r.map(drop).map_err(|e| postgres_problem(&e)));
             out.insert("postgres", status(pg));
+        }
+        if let Some(waiting) = &self.results_waiting {
+            // Degraded, not down: results are safe in RabbitMQ and written once Redis answers.
+            let waiting = waiting.get();
+            let check = if waiting == 0 {
+                json!({"ok": true})
+            } else {
+                json!({"ok": true, "degraded": true, "waiting_for_redis": waiting})
+            };
+            out.insert("results", check);
         }
         if let Some(queues) = &self.queues {
             let stopped: Vec<String> = queues.stopped().into_keys().collect();

@@ -218,7 +218,7 @@ pub(crate) fn conf_of(
         "WORKER_ETA_HOLD": run.eta_hold,
         "WORKER_SOFT_TIME_LIMIT": run.soft_time_limit,
         "WORKER_TIME_LIMIT": run.time_limit,
-        "WORKER_RESULT_BUFFER": run.result_buffer,
+        "WORKER_UNDELIVERED_RESULTS_QUEUE": run.undelivered_results_queue,
         "WORKER_DIAGNOSTIC_TASKS": run.diagnostic_tasks,
     })
 }

@@ -241,8 +241,8 @@ impl Executor {
                 .await;
         };
 
-        if self.expired(&message, origin).await || self.was_revoked(&message, origin).await {
-            return Settle::Ack;
+        if let Some(settle) = self.skipped(&message, origin).await {
+            return settle;
         }
         let held = self.inflight.enter(
             &message,
@@ -275,8 +275,8 @@ impl Executor {
                 () = held.abort().cancelled() => {}
             }
             // An expiry or a revoke can fall while the eta was waited for: Celery checks again.
-            if self.expired(&message, origin).await || self.was_revoked(&message, origin).await {
-                return Settle::Ack;
+            if let Some(settle) = self.skipped(&message, origin).await {
+                return settle;
             }
         }
 
@@ -319,7 +319,7 @@ impl Executor {
                         .inc();
                 }
                 if record {
-                    self.results.write(ResultMeta::success(value, origin)).await;
+                    return self.record(ResultMeta::success(value, origin)).await;
                 }
                 Settle::Ack
             }
@@ -327,7 +327,7 @@ impl Executor {
             Err(err) if held.abort().is_cancelled() => {
                 info!("task terminated by a remote revoke; storing REVOKED");
                 if record {
-                    self.results.write(ResultMeta::revoked(&err, origin)).await;
+                    return self.record(ResultMeta::revoked(&err, origin)).await;
                 }
                 Settle::Ack
             }
@@ -341,7 +341,7 @@ impl Executor {
                         .with_label_values(&[message.task.as_str(), queue])
                         .inc();
                     if record {
-                        self.results.write(ResultMeta::failure(&err, origin)).await;
+                        return self.record(ResultMeta::failure(&err, origin)).await;
                     }
                     Settle::Ack
                 }
@@ -549,10 +549,10 @@ impl Executor {
                     .messages_dead_lettered
                     .with_label_values(&[queue, reason])
                     .inc();
-                if let Some(origin) = origin {
-                    self.results.write(ResultMeta::failure(err, origin)).await;
+                match origin {
+                    Some(origin) => self.record(ResultMeta::failure(err, origin)).await,
+                    None => Settle::Ack,
                 }
-                Settle::Ack
             }
             Err(e) => {
                 error!(queue, error = %e, "could not dead-letter a message; requeueing it");
@@ -563,32 +563,43 @@ impl Executor {
         }
     }
 
-    /// Store REVOKED and say so when the message's expiry has passed.
-    async fn expired(&self, message: &TaskMessage, origin: Origin<'_>) -> bool {
-        match message.expires {
-            Some(expires) if Utc::now() > expires => {
-                info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
-                self.results
-                    .write(ResultMeta::revoked(&TaskError::expired(), origin))
-                    .await;
-                true
+    /// A final result: stored in Redis or queued in RabbitMQ, then the delivery is acked; when
+    /// neither takes it the delivery goes back to its queue, so the outcome is not lost.
+    async fn record(&self, meta: ResultMeta) -> Settle {
+        match self.results.write(meta).await {
+            Ok(_) => Settle::Ack,
+            Err(e) => {
+                error!(error = %e, "the result has nowhere to go; the message goes back to its queue");
+                Settle::Requeue {
+                    problem: e.to_string(),
+                }
             }
-            _ => false,
         }
     }
 
-    /// Store REVOKED and say so when the task's id was revoked (Celery's `Request.revoked`).
-    async fn was_revoked(&self, message: &TaskMessage, origin: Origin<'_>) -> bool {
+    /// How to settle a task that must not run: its expiry has passed, or its id was revoked
+    /// (Celery's `Request.revoked`); REVOKED is stored. None when it may run.
+    async fn skipped(&self, message: &TaskMessage, origin: Origin<'_>) -> Option<Settle> {
+        if let Some(expires) = message.expires
+            && Utc::now() > expires
+        {
+            info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
+            return Some(
+                self.record(ResultMeta::revoked(&TaskError::expired(), origin))
+                    .await,
+            );
+        }
         if !self.revoked.contains(&message.id, Utc::now()) {
-            return false;
+            return None;
         }
         info!("Discarding revoked task: {}[{}]", message.task, message.id);
-        if !message.ignore_result {
-            self.results
-                .write(ResultMeta::revoked(&TaskError::revoked("revoked"), origin))
-                .await;
+        if message.ignore_result {
+            return Some(Settle::Ack);
         }
-        true
+        Some(
+            self.record(ResultMeta::revoked(&TaskError::revoked("revoked"), origin))
+                .await,
+        )
     }
 
     /// A message that cannot be settled the normal way: to the dead-letter queue, with FAILURE
