@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::{Value, json};
 
 use super::amqp_value::json_to_table;
+use super::canvas::{CanvasError, Signature};
 use super::properties::{PERSISTENT, Properties};
 use super::{OutgoingTask, TaskMessage};
 
@@ -69,6 +70,53 @@ pub struct DeadLetterNote<'a> {
     pub at: DateTime<Utc>,
 }
 
+/// A signature sent on by the worker: Celery's `sig.apply_async(args, **options)` from inside
+/// a task (a callback, the next chain step, an errback, a chord body).
+#[derive(Debug, Clone, Copy)]
+pub struct SignatureCall<'a> {
+    pub signature: &'a Signature,
+    /// Prepended to its args unless it is immutable: the parent's result, or a failed task's id.
+    pub first: Option<&'a Value>,
+    pub parent_id: &'a str,
+    pub root_id: &'a str,
+    /// The rest of a chain, passed on as the new message's own `chain` (still reversed).
+    pub chain: Option<&'a [Signature]>,
+    /// `(group_id, group_index)` when it is sent as a member of a group.
+    pub group: Option<(&'a str, usize)>,
+    /// The queue when the signature names none: its task's route.
+    pub default_queue: &'a str,
+}
+
+/// A signature's time option: seconds from now (`countdown`, a numeric `expires`) or an
+/// ISO-8601 time (`eta`, `expires`), within [`MAX_DELAY`].
+fn option_time(
+    value: Option<&Value>,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let secs = n.as_f64().unwrap_or(-1.0);
+            if !(0.0..=MAX_DELAY.as_secs_f64()).contains(&secs) {
+                return Err(format!(
+                    "{name} must be between 0 and {} seconds",
+                    MAX_DELAY.as_secs()
+                ));
+            }
+            chrono::Duration::from_std(std::time::Duration::from_secs_f64(secs))
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .map(Some)
+                .ok_or_else(|| format!("{name} is out of range"))
+        }
+        Some(Value::String(t)) => super::message::parse_time(t)
+            .map(Some)
+            .ok_or_else(|| format!("{name} is not an ISO-8601 time")),
+        Some(_) => Err(format!("{name} must be seconds or an ISO-8601 time")),
+    }
+}
+
 fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
@@ -125,6 +173,97 @@ impl OutgoingMessage {
             body: task.body(),
             properties,
         }
+    }
+
+    /// A signature sent as a new task, as Celery's `Signature.apply_async` inside a worker
+    /// would: its frozen `task_id` (else a new id), `parent_id`/`root_id` of the sending task,
+    /// its options mapped to headers (`countdown`/`eta`, `expires`, time limits, `group_id`,
+    /// `link` and `link_error` as the new message's callbacks and errbacks), to the queue it
+    /// names or else `call.default_queue`. Returns the new task's id with the message.
+    pub fn signature(
+        call: SignatureCall<'_>,
+        origin: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Self), CanvasError> {
+        let sig = call.signature;
+        let o = &sig.options;
+        let invalid = |problem: String| CanvasError::Invalid {
+            problem,
+            at: format!("signature of {}", truncate(&sig.task, 64)),
+        };
+        let mut task = OutgoingTask::new(
+            sig.task.clone(),
+            sig.args_with(call.first),
+            sig.kwargs.clone(),
+        );
+        if let Some(id) = sig.task_id() {
+            task.id = id.to_owned();
+        }
+        task.eta = match option_time(o.get("countdown"), "countdown", now).map_err(invalid)? {
+            Some(eta) => Some(eta),
+            None => option_time(o.get("eta"), "eta", now).map_err(invalid)?,
+        };
+        task.expires = option_time(o.get("expires"), "expires", now).map_err(invalid)?;
+        task.parent_id = Some(call.parent_id.to_owned());
+        task.root_id = Some(call.root_id.to_owned());
+        let h = &mut task.extra_headers;
+        let (group, index) = match call.group {
+            Some((gid, i)) => (json!(gid), json!(i)),
+            None => (
+                o.get("group_id").cloned().unwrap_or(Value::Null),
+                o.get("group_index").cloned().unwrap_or(Value::Null),
+            ),
+        };
+        h.insert("group".into(), group);
+        h.insert("group_index".into(), index);
+        let limit = |k: &str| {
+            o.get(k)
+                .filter(|v| v.is_number())
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        h.insert(
+            "timelimit".into(),
+            json!([limit("time_limit"), limit("soft_time_limit")]),
+        );
+        if let Some(v) = o.get("ignore_result").filter(|v| v.is_boolean()) {
+            h.insert("ignore_result".into(), v.clone());
+        }
+        if let Some(v) = o.get("shadow").filter(|v| v.is_string()) {
+            h.insert("shadow".into(), v.clone());
+        }
+        let e = &mut task.embed;
+        let list = |k: &str| match o.get(k) {
+            Some(v @ Value::Array(_)) => v.clone(),
+            Some(v @ Value::Object(_)) => json!([v]),
+            _ => Value::Null,
+        };
+        e.insert("callbacks".into(), list("link"));
+        e.insert("errbacks".into(), list("link_error"));
+        let chain = match call.chain {
+            Some(rest) if !rest.is_empty() => {
+                Value::Array(rest.iter().map(Signature::to_json).collect())
+            }
+            Some(_) => Value::Null,
+            None => list("chain"),
+        };
+        e.insert("chain".into(), chain);
+        e.insert(
+            "chord".into(),
+            o.get("chord")
+                .filter(|c| c.is_object())
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
+        let queue = sig.queue().unwrap_or(call.default_queue);
+        let mut message = Self::task(queue, &task, origin, now);
+        if let Some(p) = o.get("priority").and_then(Value::as_u64) {
+            message.properties.priority = u8::try_from(p.min(255)).ok();
+        }
+        if let Some(r) = o.get("reply_to").and_then(Value::as_str) {
+            message.properties.reply_to = Some(truncate(r, 255));
+        }
+        Ok((task.id, message))
     }
 
     /// Celery's `task.retry()`: the same id, body and bookkeeping, `retries + 1`, the new `eta`,

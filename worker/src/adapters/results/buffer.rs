@@ -82,6 +82,16 @@ impl ResultWriter {
         }
     }
 
+    /// The stored document as raw JSON (None while PENDING), within [`WRITE_DEADLINE`]; used
+    /// only for redelivered messages, so first deliveries pay nothing.
+    pub(crate) async fn stored(&self, task_id: &str) -> Result<Option<serde_json::Value>, String> {
+        match tokio::time::timeout(WRITE_DEADLINE, self.store.get_raw(task_id)).await {
+            Ok(Ok(doc)) => Ok(doc),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("Redis did not answer within {WRITE_DEADLINE:?}")),
+        }
+    }
+
     fn push(&self, meta: ResultMeta) {
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         if buffer.len() >= self.capacity

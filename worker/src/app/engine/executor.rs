@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::canvas::{self, CanvasRunner};
 use super::requeues::{self, MessageKey, Requeues};
 use super::retry::{self, Decision};
 use super::time_limit::{self, run_limited};
@@ -68,6 +69,8 @@ pub(crate) struct Executor {
     /// The in-flight budget, one permit per KiB of body.
     budget: Semaphore,
     requeues: Requeues,
+    /// Callbacks, chains and errbacks (see [`canvas`]).
+    canvas: CanvasRunner,
 }
 
 /// How a delivery is settled with the broker.
@@ -102,7 +105,13 @@ impl Executor {
         settings: ExecutorSettings,
     ) -> Self {
         let budget = settings.inflight_bytes.max(settings.limits.max_body_bytes);
+        let canvas = CanvasRunner::new(
+            Arc::clone(&publisher),
+            Arc::clone(&results),
+            registry.routes(),
+        );
         Self {
+            canvas,
             registry,
             results,
             delayed,
@@ -247,6 +256,35 @@ impl Executor {
                 .await;
         };
 
+        // The whole canvas is checked before anything runs: refused, it is never half-run.
+        let canvas = match self.canvas.prepare(&message) {
+            Ok(canvas) => canvas,
+            Err(e) => {
+                error!(error = %e, "refusing a task whose canvas this worker cannot honour; moving it to {queue}.dead");
+                let err = canvas::refusal(&e);
+                let settle = self
+                    .dead_letter_then_fail(queue, delivery, e.reason(), &err, Some(origin))
+                    .await;
+                if matches!(settle, Settle::Ack) && record_of(&message) {
+                    self.canvas
+                        .fail_refused(&message, &err, self.settings.result_extended)
+                        .await;
+                }
+                return settle;
+            }
+        };
+        // Only a redelivery can find its own SUCCESS stored; first deliveries skip the read.
+        if delivery.redelivered
+            && let Some(done) = self.canvas.already_succeeded(&message, &canvas).await
+        {
+            return match done {
+                Ok(()) => Settle::Ack,
+                Err(e) => Settle::Requeue {
+                    problem: format!("sending the canvas of a task that already succeeded: {e}"),
+                },
+            };
+        }
+
         if self.expired(&message, origin).await {
             return Settle::Ack;
         }
@@ -274,7 +312,7 @@ impl Executor {
             }
         }
 
-        let record = !message.ignore_result;
+        let record = record_of(&message);
         let track = record && self.settings.track_started;
         // `started_after` of 0 means Celery's own order: STARTED is stored, then the job runs.
         if track && self.settings.started_after.is_zero() {
@@ -311,8 +349,20 @@ impl Executor {
                         .with_label_values(&[message.task.as_str(), queue])
                         .inc();
                 }
+                // Celery sends them before the SUCCESS is stored, so the result lists them.
+                let children = match self.canvas.on_success(&message, &canvas, &value).await {
+                    Ok(children) => children,
+                    Err(e) => {
+                        warn!(error = %e, "could not send the task's callbacks or chain step; the message goes back to the queue");
+                        return Settle::Requeue {
+                            problem: format!("sending the canvas: {e}"),
+                        };
+                    }
+                };
                 if record {
-                    self.results.write(ResultMeta::success(value, origin)).await;
+                    let mut meta = ResultMeta::success(value, origin);
+                    meta.children = children;
+                    self.results.write(meta).await;
                 }
                 Settle::Ack
             }
@@ -328,7 +378,20 @@ impl Executor {
                     if record {
                         self.results.write(ResultMeta::failure(&err, origin)).await;
                     }
-                    Settle::Ack
+                    let extended = self.settings.result_extended;
+                    match self
+                        .canvas
+                        .on_failure(&message, &canvas, &err, extended, record)
+                        .await
+                    {
+                        Ok(()) => Settle::Ack,
+                        Err(e) => {
+                            warn!(error = %e, "could not send the task's errbacks; the message goes back to the queue");
+                            Settle::Requeue {
+                                problem: format!("sending the errbacks: {e}"),
+                            }
+                        }
+                    }
                 }
             },
         }
@@ -532,6 +595,11 @@ impl Executor {
         self.dead_letter_then_fail(queue, delivery, reason, err, origin)
             .await
     }
+}
+
+/// Whether the task's outcome is stored (Celery's `ignore_result`).
+fn record_of(message: &TaskMessage) -> bool {
+    !message.ignore_result
 }
 
 /// Whether a job's result lists per-row errors (`{"errors": [...]}`, StaffProBot's reports): the

@@ -1,0 +1,147 @@
+"""Celery 5.7's canvas (link, link_error, chain, group, chord) sent to the Rust worker.
+
+Usage: canvas.py QUEUE PARKED
+QUEUE is consumed by the worker; PARKED is a queue nobody consumes, where callbacks and chain
+links the test wants to inspect (or to prove were never sent) are routed. Each check asserts;
+the script prints "ok <check>" lines and "<name> <id>" lines for the Rust side to look at.
+"""
+import os
+import sys
+import uuid
+
+from celery import Celery, chain, chord, group
+from celery.result import AsyncResult, GroupResult
+
+q, parked = sys.argv[1], sys.argv[2]
+app = Celery("canvas", broker=os.environ["RABBITMQ_URL"], backend=os.environ["REDIS_URL"])
+app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+
+
+def ok(name):
+    print("ok", name, flush=True)
+
+
+def show(name, value):
+    print(name, value, flush=True)
+
+
+def S(task, *args, queue=q, **options):
+    return app.signature(task, args=args, options=dict(queue=queue, **options))
+
+
+def SI(task, *args, queue=q, **options):
+    return app.signature(task, args=args, options=dict(queue=queue, **options), immutable=True)
+
+
+def meta(result):
+    return result.backend.get_task_meta(result.id)
+
+
+def echo(*args):
+    return {"args": list(args), "kwargs": {}}
+
+
+T = 30
+
+# link: the callback gets the result prepended, runs, and is the parent's child.
+r = app.send_task("worker.echo", args=[1], queue=q, link=S("worker.echo", "cb"))
+assert r.get(timeout=T) == echo(1), r.result
+children = r.children
+assert children and len(children) == 1, children
+cb = children[0]
+assert cb.get(timeout=T) == echo(echo(1), "cb"), cb.result
+assert meta(cb)["parent_id"] == r.id, meta(cb)
+ok("link")
+
+# An immutable callback keeps its own arguments.
+r = app.send_task("worker.echo", args=[1], queue=q, link=SI("worker.echo", "im"))
+r.get(timeout=T)
+assert r.children[0].get(timeout=T) == echo("im"), r.children[0].result
+ok("immutable link")
+
+# A callback routed to the parked queue: the Rust side reads its message (parent_id, root_id,
+# args) and checks it was published before the SUCCESS it belongs to was stored.
+r = app.send_task("worker.echo", args=["routed"], queue=q, link=S("worker.echo", "p", queue=parked))
+r.get(timeout=T)
+show("routed-parent", r.id)
+show("routed-child", r.children[0].id)
+ok("link to a named queue")
+
+# Several callbacks go as one group, each with its group_index; the result's child is a GroupResult.
+r = app.send_task("worker.echo", args=[2], queue=q, link=[S("worker.echo", "a"), S("worker.echo", "b")])
+r.get(timeout=T)
+(g,) = r.children
+assert isinstance(g, GroupResult), g
+assert [c.get(timeout=T) for c in g.results] == [echo(echo(2), "a"), echo(echo(2), "b")]
+assert all(meta(c).get("group_id") == g.id for c in g.results), [meta(c) for c in g.results]
+ok("several links")
+
+# A chain of three: each step gets the previous result; ids and parents line up.
+res = chain(S("worker.echo", 1), S("worker.echo", 2), S("worker.echo", 3)).apply_async()
+assert res.get(timeout=T) == echo(echo(echo(1), 2), 3), res.result
+assert res.parent.get(timeout=T) == echo(echo(1), 2)
+assert res.parent.parent.get(timeout=T) == echo(1)
+assert meta(res)["parent_id"] == res.parent.id
+assert meta(res.parent)["parent_id"] == res.parent.parent.id
+ok("chain")
+
+# A failing link fails every later link with the same error; the later links never run (the
+# last one is routed to the parked queue, which must stay empty).
+res = chain(S("worker.echo", 1), SI("worker.fail", "boom"), S("worker.echo", 3),
+            S("worker.echo", 4, queue=parked)).apply_async()
+try:
+    res.get(timeout=T)
+    raise AssertionError("the chain did not fail")
+except ValueError as e:
+    assert str(e) == "boom", repr(e)
+assert res.state == "FAILURE" and res.parent.state == "FAILURE", (res.state, res.parent.state)
+assert res.parent.parent.state == "FAILURE"
+assert res.parent.parent.parent.get(timeout=T) == echo(1)
+show("failed-chain-end", res.id)
+ok("chain failure")
+
+# link_error: the errback is sent as a task with the failed task's id first.
+eid = str(uuid.uuid4())
+r = app.send_task("worker.fail", args=["bad"], queue=q,
+                  link_error=S("worker.echo", "eb", task_id=eid), link=S("worker.echo", "never", queue=parked))
+try:
+    r.get(timeout=T)
+    raise AssertionError("worker.fail did not raise")
+except ValueError:
+    pass
+eb = AsyncResult(eid, app=app)
+assert eb.get(timeout=T) == echo(r.id, "eb"), eb.result
+assert meta(eb)["parent_id"] == r.id and meta(eb).get("group_id"), meta(eb)
+ok("link_error")
+
+# group: results in order, each member carries the group id.
+gr = group(S("worker.echo", i) for i in range(4)).apply_async()
+assert gr.get(timeout=T) == [echo(i) for i in range(4)], gr.results
+assert all(meta(c).get("group_id") == gr.id for c in gr.results)
+ok("group")
+
+# What the worker cannot honour is refused as a whole: a chain with a group in the middle
+# (Celery turns it into a chord signature) fails its first task with NotImplementedError and
+# runs nothing; the chain's end fails too instead of staying PENDING.
+fid = str(uuid.uuid4())
+res = chain(S("worker.echo", 1, task_id=fid), group(S("worker.echo"), S("worker.echo")), S("worker.echo")).apply_async()
+first = AsyncResult(fid, app=app)
+try:
+    res.get(timeout=T)
+    raise AssertionError("the unsupported chain did not fail")
+except NotImplementedError as e:
+    assert "subtask_type" in str(e) and "chord" in str(e), str(e)
+assert first.state == "FAILURE", first.state
+show("refused", first.id)
+ok("unsupported canvas refused")
+
+# A chord on this worker: see the chord checks below (or its refusal while chords are unsupported).
+mode = os.environ.get("CANVAS_CHORD", "refused")
+if mode == "refused":
+    c = chord([S("worker.echo", 1), S("worker.echo", 2)], S("worker.echo")).apply_async()
+    try:
+        c.get(timeout=T)
+        raise AssertionError("the chord did not fail")
+    except NotImplementedError as e:
+        assert "chord" in str(e), str(e)
+    ok("chord refused")
