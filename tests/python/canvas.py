@@ -10,6 +10,7 @@ import sys
 import uuid
 
 from celery import Celery, chain, chord, group
+from celery.exceptions import ChordError
 from celery.result import AsyncResult, GroupResult
 
 q, parked = sys.argv[1], sys.argv[2]
@@ -135,13 +136,25 @@ assert first.state == "FAILURE", first.state
 show("refused", first.id)
 ok("unsupported canvas refused")
 
-# A chord on this worker: see the chord checks below (or its refusal while chords are unsupported).
-mode = os.environ.get("CANVAS_CHORD", "refused")
-if mode == "refused":
-    c = chord([S("worker.echo", 1), S("worker.echo", 2)], S("worker.echo")).apply_async()
-    try:
-        c.get(timeout=T)
-        raise AssertionError("the chord did not fail")
-    except NotImplementedError as e:
-        assert "chord" in str(e), str(e)
-    ok("chord refused")
+# chord: the body gets the header results in header order, however the parts finish (the
+# first part sleeps, so it finishes last).
+c = chord([SI("worker.sleep", 0.5), S("worker.echo", 1), S("worker.echo", 2)], S("worker.echo", "body")).apply_async()
+assert c.get(timeout=T) == echo([{"slept": 0.5}, echo(1), echo(2)], "body"), c.result
+ok("chord")
+
+# A failing part fails the body with ChordError naming it; the body (routed to the parked
+# queue) is never sent.
+c = chord([S("worker.echo", 1), SI("worker.fail", "part failed"), S("worker.echo", 3)],
+          S("worker.echo", queue=parked)).apply_async()
+try:
+    c.get(timeout=T)
+    raise AssertionError("the chord did not fail")
+except ValueError as e:
+    # Celery's client re-raises the failed header part first.
+    assert str(e) == "part failed", repr(e)
+try:
+    AsyncResult(c.id, app=app).get(timeout=T)
+    raise AssertionError("the chord's body did not fail")
+except ChordError as e:
+    assert "Dependency" in str(e) and "part failed" in str(e), str(e)
+ok("chord with a failing part")

@@ -191,6 +191,21 @@ fn signature(value: &Value, at: &str) -> Result<Signature, CanvasError> {
     })
 }
 
+/// The signatures of an option that holds null, one or a list (a chord body's `link_error`,
+/// its `chain`): already checked by [`parse`] when the canvas was, read again when needed.
+pub fn signatures(value: Option<&Value>, path: &str) -> Result<Vec<Signature>, CanvasError> {
+    let items = entries(value).map_err(|problem| CanvasError::Invalid {
+        problem,
+        at: path.to_owned(),
+    })?;
+    items
+        .into_iter()
+        .take(MAX_SIGNATURES)
+        .enumerate()
+        .map(|(i, item)| signature(item, &at(path, Some(i))))
+        .collect()
+}
+
 /// Check the whole canvas of `embed` (every signature, nested ones too) and return its top level.
 pub fn parse(embed: &Map<String, Value>) -> Result<Canvas, CanvasError> {
     let mut canvas = Canvas::default();

@@ -82,6 +82,11 @@ impl ResultWriter {
         }
     }
 
+    /// The store underneath (for the chord state next to the results).
+    pub(crate) fn store(&self) -> &ResultStore {
+        &self.store
+    }
+
     /// The stored document as raw JSON (None while PENDING), within [`WRITE_DEADLINE`]; used
     /// only for redelivered messages, so first deliveries pay nothing.
     pub(crate) async fn stored(&self, task_id: &str) -> Result<Option<serde_json::Value>, String> {

@@ -3,6 +3,7 @@
 //! `ResultWriter` keeps final results through a Redis outage.
 
 mod buffer;
+pub(crate) mod chord;
 mod store;
 
 pub(crate) use buffer::ResultWriter;

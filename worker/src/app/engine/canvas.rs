@@ -13,6 +13,11 @@
 //! - a failure stores the same FAILURE under the id of every later chain link (none of them
 //!   runs), then sends the errbacks as a group of tasks with the failed task's id prepended.
 //!
+//! - a chord header part, once its outcome is stored, records itself in the chord's Redis state
+//!   with Celery's own script ([`ChordStore`]); the part that completes the header and wins the
+//!   claim sends the body with the header results in order, or, when a part failed, stores
+//!   `ChordError` under the body's id (and sends the body's errbacks) instead.
+//!
 //! The executor calls [`CanvasRunner::prepare`] before running a task, so that a canvas this
 //! worker cannot honour is refused before anything runs, never half-run.
 
@@ -25,7 +30,9 @@ use tracing::{info, warn};
 
 use crate::adapters::broker::BrokerError;
 use crate::adapters::broker::publisher::{Declare, Publisher};
+use crate::adapters::redis_conn::StoreError;
 use crate::adapters::results::ResultWriter;
+use crate::adapters::results::chord::{ChordStore, PartReturn};
 use crate::wire::canvas::{self, Canvas, CanvasError, MAX_SIGNATURES, Signature};
 use crate::wire::outgoing::SignatureCall;
 use crate::wire::result::Origin;
@@ -41,6 +48,8 @@ pub(crate) enum SendError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Canvas(#[from] CanvasError),
+    #[error("chord state: {0}")]
+    Chord(#[from] StoreError),
 }
 
 pub(crate) struct CanvasRunner {
@@ -48,6 +57,7 @@ pub(crate) struct CanvasRunner {
     results: Arc<ResultWriter>,
     /// Task name -> queue, for signatures that name no queue.
     routes: HashMap<String, String>,
+    chords: ChordStore,
 }
 
 /// The FAILURE a refused canvas stores: `NotImplementedError` for what this worker cannot do,
@@ -72,30 +82,42 @@ impl CanvasRunner {
         results: Arc<ResultWriter>,
         routes: HashMap<String, String>,
     ) -> Self {
+        let chords = ChordStore::new(results.store());
         Self {
             publisher,
             results,
             routes,
+            chords,
         }
     }
 
     /// Check a message's whole canvas before its task runs. Also builds (without sending) every
     /// message the canvas may send, so an option that cannot be sent (a countdown out of
     /// range) is refused now rather than after the task ran.
-    pub(crate) fn prepare(&self, message: &TaskMessage) -> Result<Canvas, CanvasError> {
+    pub(crate) async fn prepare(&self, message: &TaskMessage) -> Result<Canvas, CanvasError> {
         let canvas = canvas::parse(&message.embed)?;
-        if canvas.chord.is_some() {
-            return Err(CanvasError::Unsupported {
-                what: "a chord (this worker does not finish chord headers yet)".into(),
-                at: "chord".into(),
-            });
+        if canvas.chord.is_some()
+            && let Some(gid) = message.group_id.as_deref()
+        {
+            match self.chords.layout_problem(gid).await {
+                Ok(None) => {}
+                Ok(Some(what)) => {
+                    return Err(CanvasError::Unsupported {
+                        what,
+                        at: "chord".into(),
+                    });
+                }
+                // Redis will be asked again when the part returns, and fail the delivery then.
+                Err(e) => warn!(error = %e, "could not read the chord's state"),
+            }
         }
         let dry = json!(null);
         let sigs = canvas
             .callbacks
             .iter()
             .chain(canvas.errbacks.iter())
-            .chain(canvas.chain.last());
+            .chain(canvas.chain.last())
+            .chain(canvas.chord.as_ref());
         for sig in sigs {
             self.build(sig, Some(&dry), message, None, None)?;
         }
@@ -289,6 +311,88 @@ impl CanvasRunner {
         self.results.write(meta).await;
     }
 
+    /// Once a chord header part's outcome is stored (SUCCESS, FAILURE or REVOKED): record it
+    /// in the chord's state; when it completes the header and this worker wins the claim,
+    /// send the body with the results in header order, or fail the body with `ChordError`
+    /// when a part failed (Celery's `on_chord_part_return`).
+    pub(crate) async fn chord_part(
+        &self,
+        message: &TaskMessage,
+        canvas: &Canvas,
+        state: State,
+        result: &Value,
+    ) -> Result<(), SendError> {
+        let (Some(body), Some(gid)) = (&canvas.chord, message.group_id.as_deref()) else {
+            return Ok(());
+        };
+        let index = message.headers.get("group_index").and_then(Value::as_u64);
+        let returned = self
+            .chords
+            .part_return(gid, &message.id, index, state.as_str(), result)
+            .await?;
+        let PartReturn::Claimed { token, parts } = returned else {
+            return Ok(());
+        };
+        if let Some(err) = chord_error(&parts) {
+            warn!(group_id = gid, error = %err, "a chord part failed; failing the chord's body");
+            self.fail_body(body, &err).await?;
+            self.chords.drop_size(gid).await?;
+            return Ok(());
+        }
+        if !self.chords.extend_claim(gid, &token).await? {
+            warn!(
+                group_id = gid,
+                "chord body not sent: the claim is no longer ours"
+            );
+            return Ok(());
+        }
+        let results = Value::Array(
+            parts
+                .into_iter()
+                .map(|p| p.get(3).cloned().unwrap_or(Value::Null))
+                .collect(),
+        );
+        if let Err(e) = self.send(body, Some(&results), message, None, None).await {
+            warn!(group_id = gid, error = %e, "could not send the chord's body");
+            let err = TaskError::new(
+                "celery.exceptions",
+                "ChordError",
+                format!("Callback error: {e}"),
+            );
+            self.fail_body(body, &err).await?;
+        }
+        if !self.chords.cleanup(gid, &token).await? {
+            warn!(
+                group_id = gid,
+                "the chord's claim was lost before cleanup; its state is left to expire"
+            );
+        }
+        Ok(())
+    }
+
+    /// Celery's `chord_error_from_stack`: the body's errbacks, its FAILURE, its chain's.
+    async fn fail_body(&self, body: &Signature, err: &TaskError) -> Result<(), SendError> {
+        let id = body
+            .task_id()
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let mut request = TaskMessage::minimal(&id, Some(&body.task));
+        request.root_id = Some(id.clone());
+        let errbacks =
+            canvas::signatures(body.options.get("link_error"), "chord.options.link_error")?;
+        if !errbacks.is_empty() {
+            let first = Value::String(id.clone());
+            self.send_group(&errbacks, Some(&first), &request).await?;
+        }
+        let extended = true;
+        self.store_link_failure(&id, body, err, extended).await;
+        for link in canvas::signatures(body.options.get("chain"), "chord.options.chain")? {
+            if let Some(link_id) = link.task_id() {
+                self.store_link_failure(link_id, &link, err, extended).await;
+            }
+        }
+        Ok(())
+    }
+
     /// A redelivered message (only then: first deliveries pay nothing) whose SUCCESS is
     /// already stored: Celery 5.7's `worker_deduplicate_successful_tasks`. Returns `None` to
     /// run it; `Some(Ok)` when it must not run again — after sending its callbacks and chain
@@ -320,5 +424,67 @@ impl CanvasRunner {
         }
         let value = stored.get("result").cloned().unwrap_or(Value::Null);
         Some(self.on_success(message, canvas, &value).await.map(|_| ()))
+    }
+}
+
+/// `ChordError('Dependency <tid> raised <repr>')` for the first part that failed or was
+/// revoked, as Celery's `_unpack_chord_result` raises it.
+fn chord_error(parts: &[Value]) -> Option<TaskError> {
+    parts.iter().find_map(|part| {
+        let state = part.get(2).and_then(Value::as_str)?;
+        if state != State::Failure.as_str() && state != State::Revoked.as_str() {
+            return None;
+        }
+        let tid = part.get(1).and_then(Value::as_str).unwrap_or_default();
+        let exc = part.get(3).cloned().unwrap_or(Value::Null);
+        Some(TaskError::new(
+            "celery.exceptions",
+            "ChordError",
+            format!("Dependency {tid} raised {}", exception_repr(&exc)),
+        ))
+    })
+}
+
+/// Python's `repr()` of a stored exception `{exc_type, exc_message: [args]}`: `ValueError('boom')`.
+fn exception_repr(exc: &Value) -> String {
+    let kind = exc
+        .get("exc_type")
+        .and_then(Value::as_str)
+        .unwrap_or("Exception");
+    let args: Vec<String> = match exc.get("exc_message") {
+        Some(Value::Array(args)) => args.iter().map(py_repr).collect(),
+        Some(other) => vec![py_repr(other)],
+        None => Vec::new(),
+    };
+    format!("{kind}({})", args.join(", "))
+}
+
+/// Python's `repr()` of a JSON scalar; containers as JSON, which reads the same for lists.
+fn py_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::String(s) if s.contains('\'') && !s.contains('"') => format!("\"{s}\""),
+        Value::String(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chord_errors_read_like_celerys() {
+        let parts = vec![
+            json!([1, "a", "SUCCESS", 1]),
+            json!([1, "b", "FAILURE", {"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}]),
+        ];
+        let err = chord_error(&parts).unwrap();
+        assert_eq!(err.exc_type, "ChordError");
+        assert_eq!(err.message, "Dependency b raised ValueError('boom')");
+        assert!(chord_error(&parts[..1]).is_none());
+        assert_eq!(py_repr(&json!("it's")), "\"it's\"");
     }
 }

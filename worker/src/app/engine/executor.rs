@@ -41,7 +41,8 @@ use crate::wire::message::{Limits, RawMessage, decode};
 use crate::wire::outgoing::MAX_DELAY;
 use crate::wire::result::Origin;
 use crate::wire::{
-    DecodeError, DecodeFailure, OutgoingMessage, Properties, ResultMeta, TaskError, TaskMessage,
+    DecodeError, DecodeFailure, OutgoingMessage, Properties, ResultMeta, State, TaskError,
+    TaskMessage,
 };
 
 /// How tasks are run and results written.
@@ -257,7 +258,7 @@ impl Executor {
         };
 
         // The whole canvas is checked before anything runs: refused, it is never half-run.
-        let canvas = match self.canvas.prepare(&message) {
+        let canvas = match self.canvas.prepare(&message).await {
             Ok(canvas) => canvas,
             Err(e) => {
                 error!(error = %e, "refusing a task whose canvas this worker cannot honour; moving it to {queue}.dead");
@@ -286,7 +287,14 @@ impl Executor {
         }
 
         if self.expired(&message, origin).await {
-            return Settle::Ack;
+            return self
+                .chord_part(
+                    &message,
+                    &canvas,
+                    State::Revoked,
+                    TaskError::expired().to_result_json(),
+                )
+                .await;
         }
 
         if let Some(eta) = message.eta
@@ -308,7 +316,14 @@ impl Executor {
             tokio::time::sleep(wait).await;
             // An expiry can fall while the eta was waited for: Celery checks it again.
             if self.expired(&message, origin).await {
-                return Settle::Ack;
+                return self
+                    .chord_part(
+                        &message,
+                        &canvas,
+                        State::Revoked,
+                        TaskError::expired().to_result_json(),
+                    )
+                    .await;
             }
         }
 
@@ -360,11 +375,12 @@ impl Executor {
                     }
                 };
                 if record {
-                    let mut meta = ResultMeta::success(value, origin);
+                    let mut meta = ResultMeta::success(value.clone(), origin);
                     meta.children = children;
                     self.results.write(meta).await;
                 }
-                Settle::Ack
+                self.chord_part(&message, &canvas, State::Success, value)
+                    .await
             }
             Err(err) => match retry::decide(&err, message.retries, job.max_retries()) {
                 Decision::Retry { countdown } => {
@@ -377,6 +393,11 @@ impl Executor {
                         .inc();
                     if record {
                         self.results.write(ResultMeta::failure(&err, origin)).await;
+                    }
+                    let chord =
+                        self.chord_part(&message, &canvas, State::Failure, err.to_result_json());
+                    if let Settle::Requeue { problem } = chord.await {
+                        return Settle::Requeue { problem };
                     }
                     let extended = self.settings.result_extended;
                     match self
@@ -560,6 +581,29 @@ impl Executor {
                 error!(queue, error = %e, "could not dead-letter a message; requeueing it");
                 Settle::Requeue {
                     problem: format!("dead-lettering: {e}"),
+                }
+            }
+        }
+    }
+
+    /// A chord header part's outcome is stored: record it in the chord (see [`canvas`]).
+    async fn chord_part(
+        &self,
+        message: &TaskMessage,
+        canvas: &crate::wire::canvas::Canvas,
+        state: State,
+        result: Value,
+    ) -> Settle {
+        match self
+            .canvas
+            .chord_part(message, canvas, state, &result)
+            .await
+        {
+            Ok(()) => Settle::Ack,
+            Err(e) => {
+                warn!(error = %e, "could not record the chord part; the message goes back to the queue");
+                Settle::Requeue {
+                    problem: format!("recording the chord part: {e}"),
                 }
             }
         }
