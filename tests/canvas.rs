@@ -204,7 +204,9 @@ async fn a_redelivered_success_stored_without_children_sends_its_callback_with_t
         )
         .await
         .unwrap();
+    // Declared first: polling a queue that does not exist yet would close the test's channel.
     declare(&queue).await;
+    declare(&parked).await;
     publish_redelivered(&queue, &task).await;
     let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
     worker.wait_for_log("already succeeded", Duration::from_secs(15));
@@ -229,4 +231,151 @@ async fn a_redelivered_success_stored_without_children_sends_its_callback_with_t
     for q in [&queue, &parked] {
         delete_queue(&channel, q).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chord_in_a_layout_the_worker_does_not_know_is_refused_before_it_runs() {
+    let queue = unique("chord-layout");
+    let gid = uuid::Uuid::new_v4().to_string();
+    let body_id = uuid::Uuid::new_v4().to_string();
+    // `result_chord_ordered=False`: the header results are a list, not Celery's default ZSET.
+    let jkey = format!("celery-taskset-meta-{gid}.j");
+    let mut redis = redis().await;
+    let _: () = redis
+        .rpush(&jkey, "[1, \"x\", \"SUCCESS\", 1]")
+        .await
+        .unwrap();
+    let _: () = redis.expire(&jkey, 600).await.unwrap();
+    let mut task = OutgoingTask::new("worker.echo", vec![json!(1)], Map::new());
+    task.extra_headers.insert("group".into(), json!(gid));
+    task.extra_headers.insert("group_index".into(), json!(0));
+    task.embed.insert(
+        "chord".into(),
+        json!({"task": "worker.echo", "args": [], "kwargs": {},
+               "options": {"task_id": body_id, "group_id": gid, "queue": queue},
+               "subtask_type": null, "immutable": false}),
+    );
+    let worker = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    let (_conn, channel) = amqp().await;
+    publish_task(&channel, &queue, &task).await;
+    let failed = wait_result(&task.id, Some("FAILURE"), Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|| panic!("no FAILURE; log:\n{}", worker.logs()));
+    assert_eq!(failed["result"]["exc_type"], "NotImplementedError");
+    let text = failed["result"]["exc_message"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains("result_chord_ordered=False"), "{text}");
+    // The body fails with it, so `chord.get()` raises instead of waiting.
+    let body = wait_result(&body_id, Some("FAILURE"), Duration::from_secs(5)).await;
+    assert!(body.is_some(), "the body has no FAILURE");
+    let dead = drain(&channel, &format!("{queue}.dead")).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0["x-dead-letter-reason"], "unsupported_canvas");
+    assert!(
+        !worker.logs().contains("task finished"),
+        "{}",
+        worker.logs()
+    );
+    // Nothing was added to the chord's state.
+    let len: i64 = redis.llen(&jkey).await.unwrap();
+    assert_eq!(len, 1);
+    let _: () = redis.del(&jkey).await.unwrap();
+    delete_queue(&channel, &queue).await;
+}
+
+/// A Python Celery 5.7 worker (tests/python/canvas_worker.py) on `queue`, killed on drop.
+struct PythonWorker {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl PythonWorker {
+    fn start(queue: &str, hostname: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("celery-worker")));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(python())
+            .args([
+                "-m",
+                "celery",
+                "-A",
+                "canvas_worker",
+                "worker",
+                "-P",
+                "solo",
+            ])
+            .args([
+                "-Q",
+                queue,
+                "-n",
+                hostname,
+                "--without-gossip",
+                "--without-mingle",
+            ])
+            .args(["--without-heartbeat", "-l", "info"])
+            .current_dir(root().join("tests/python"))
+            .env("RABBITMQ_URL", RABBITMQ_URL)
+            .env("REDIS_URL", REDIS_URL)
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file)
+            .spawn()
+            .expect("start the Python worker");
+        let w = Self { child, log };
+        let start = std::time::Instant::now();
+        while !w.logs().contains(" ready.") {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the Python worker never got ready:\n{}",
+                w.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        w
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_worker_and_ours_finish_one_chord_between_them() {
+    let queue = unique("mixed-chord");
+    let ours = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("WORKER_HOSTNAME", "rust@canvas")],
+    );
+    let q = queue.clone();
+    let python_worker = tokio::task::spawn_blocking(move || PythonWorker::start(&q, "py@canvas"))
+        .await
+        .unwrap();
+    let q = queue.clone();
+    let out = tokio::task::spawn_blocking(move || run_python("mixed_chord.py", &[&q]))
+        .await
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        out.status.success() && text.contains("ok mixed chord"),
+        "python failed:\n{text}\n{}\nour worker:\n{}\npython worker:\n{}",
+        stderr(&out),
+        ours.logs(),
+        python_worker.logs()
+    );
+    let workers: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("part-worker "))
+        .collect();
+    assert_eq!(workers.len(), 20, "{text}");
+    assert!(workers.contains(&"rust@canvas"), "{workers:?}");
+    assert!(workers.contains(&"py@canvas"), "{workers:?}");
+    let (_conn, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
 }

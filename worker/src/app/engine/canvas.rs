@@ -419,11 +419,20 @@ impl CanvasRunner {
             .get("children")
             .and_then(Value::as_array)
             .is_some_and(|c| !c.is_empty());
-        if has_children || (canvas.callbacks.is_empty() && canvas.chain.is_empty()) {
-            return Some(Ok(()));
-        }
         let value = stored.get("result").cloned().unwrap_or(Value::Null);
-        Some(self.on_success(message, canvas, &value).await.map(|_| ()))
+        if !has_children
+            && (!canvas.callbacks.is_empty() || !canvas.chain.is_empty())
+            && let Err(e) = self.on_success(message, canvas, &value).await
+        {
+            return Some(Err(e));
+        }
+        // Beyond Celery, which returns here: a worker that died between storing a chord
+        // part's SUCCESS and recording the part would leave the chord waiting for ever. The
+        // part script counts each part once, so recording it again is harmless.
+        Some(
+            self.chord_part(message, canvas, State::Success, &value)
+                .await,
+        )
     }
 }
 
