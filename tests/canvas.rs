@@ -55,6 +55,7 @@ async fn celery_canvas_forms_run_on_the_worker() {
         "ok unsupported canvas refused",
         "ok chord",
         "ok chord with a failing part",
+        "ok chord with a failing chain in its header",
     ] {
         assert!(text.contains(check), "missing {check:?} in:\n{text}");
     }

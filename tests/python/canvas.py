@@ -161,3 +161,14 @@ try:
 except ChordError as e:
     assert "Dependency" in str(e) and "part failed" in str(e), str(e)
 ok("chord with a failing part")
+
+# A chain in a chord's header whose first link fails: the chain's last link returns its part
+# as failed, so the body fails instead of waiting for ever.
+c = chord([chain(SI("worker.fail", "early"), S("worker.echo", 2)), S("worker.echo", 3)],
+          S("worker.echo", queue=parked)).apply_async()
+try:
+    AsyncResult(c.id, app=app).get(timeout=T)
+    raise AssertionError("the chord's body did not fail")
+except ChordError as e:
+    assert "early" in str(e), str(e)
+ok("chord with a failing chain in its header")

@@ -71,6 +71,14 @@ pub(crate) fn refusal(e: &CanvasError) -> TaskError {
     }
 }
 
+/// Which part of which chord: the group id, the part's task id and its `group_index`.
+#[derive(Debug, Clone, Copy)]
+struct Part<'a> {
+    gid: &'a str,
+    tid: &'a str,
+    index: Option<u64>,
+}
+
 /// One entry of a result's `children`, as Celery's `AsyncResult.as_tuple()` writes it.
 fn child(id: &str) -> Value {
     json!([[id, null], null])
@@ -223,8 +231,29 @@ impl CanvasRunner {
             .filter_map(|s| s.task_id().map(|id| (id, s)))
             .collect();
         // Without a stored result (`ignore_result`) Celery stores none for the links either.
-        for (id, sig) in links.into_iter().filter(|_| store) {
+        for &(id, sig) in links.iter().filter(|_| store) {
             self.store_link_failure(id, sig, err, extended).await;
+        }
+        // A link that is a chord header part (a chain inside a chord's header) returns its
+        // part as failed, or the chord would wait for it for ever (`_fail_chain`).
+        for (id, sig) in links {
+            let (Some(chord), Some(gid)) = (
+                sig.options.get("chord").filter(|c| c.is_object()),
+                sig.options.get("group_id").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let Some(body) = canvas::signatures(Some(chord), "chain.options.chord")?.pop() else {
+                continue;
+            };
+            let part = Part {
+                gid,
+                tid: id,
+                index: sig.options.get("group_index").and_then(Value::as_u64),
+            };
+            let result = err.to_result_json();
+            self.record_part(message, &body, part, State::Failure, &result)
+                .await?;
         }
         if !canvas.errbacks.is_empty() {
             let id = Value::String(message.id.clone());
@@ -326,9 +355,28 @@ impl CanvasRunner {
             return Ok(());
         };
         let index = message.headers.get("group_index").and_then(Value::as_u64);
+        let part = Part {
+            gid,
+            tid: &message.id,
+            index,
+        };
+        self.record_part(message, body, part, state, result).await
+    }
+
+    /// Record one part of the chord whose body is `body`; `sender` is the task on whose
+    /// behalf it is recorded (the body's parent when this completes the header).
+    async fn record_part(
+        &self,
+        sender: &TaskMessage,
+        body: &Signature,
+        part: Part<'_>,
+        state: State,
+        result: &Value,
+    ) -> Result<(), SendError> {
+        let Part { gid, tid, index } = part;
         let returned = self
             .chords
-            .part_return(gid, &message.id, index, state.as_str(), result)
+            .part_return(gid, tid, index, state.as_str(), result)
             .await?;
         let PartReturn::Claimed { token, parts } = returned else {
             return Ok(());
@@ -352,7 +400,7 @@ impl CanvasRunner {
                 .map(|p| p.get(3).cloned().unwrap_or(Value::Null))
                 .collect(),
         );
-        if let Err(e) = self.send(body, Some(&results), message, None, None).await {
+        if let Err(e) = self.send(body, Some(&results), sender, None, None).await {
             warn!(group_id = gid, error = %e, "could not send the chord's body");
             let err = TaskError::new(
                 "celery.exceptions",
