@@ -380,3 +380,30 @@ async fn a_python_worker_and_ours_finish_one_chord_between_them() {
     let (_conn, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_deduplication_off_a_redelivered_task_runs_again() {
+    let queue = unique("dedup-off");
+    let task = OutgoingTask::new("worker.echo", vec![json!(1)], Map::new());
+    let doc = json!({"status": "SUCCESS", "result": "stored", "traceback": null, "children": [],
+                     "date_done": "2026-12-01T00:00:00+00:00", "task_id": task.id});
+    let _: () = redis()
+        .await
+        .set_ex(
+            format!("celery-task-meta-{}", task.id),
+            doc.to_string(),
+            600,
+        )
+        .await
+        .unwrap();
+    declare(&queue).await;
+    publish_redelivered(&queue, &task).await;
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[("WORKER_DEDUPLICATE_SUCCESSFUL_TASKS", "false")],
+    );
+    worker.wait_for_log("task finished", Duration::from_secs(15));
+    assert!(!worker.logs().contains("already succeeded"));
+    let (_conn, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+}

@@ -53,6 +53,8 @@ pub(crate) struct ExecutorSettings {
     /// STARTED waits this long into the run; a job that finishes sooner never gets one.
     pub started_after: Duration,
     pub result_extended: bool,
+    /// Skip a redelivered message whose SUCCESS is stored (see [`canvas`]).
+    pub deduplicate_successful_tasks: bool,
     pub limits: Limits,
     /// Bytes of message bodies processed at once (at least one largest message).
     pub inflight_bytes: usize,
@@ -276,6 +278,7 @@ impl Executor {
         };
         // Only a redelivery can find its own SUCCESS stored; first deliveries skip the read.
         if delivery.redelivered
+            && self.settings.deduplicate_successful_tasks
             && let Some(done) = self.canvas.already_succeeded(&message, &canvas).await
         {
             return match done {
