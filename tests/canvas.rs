@@ -50,6 +50,8 @@ async fn celery_canvas_forms_run_on_the_worker() {
         "ok several links",
         "ok chain",
         "ok chain failure",
+        "ok chain ending in a group",
+        "ok group as a link",
         "ok link_error",
         "ok group",
         "ok unsupported canvas refused",

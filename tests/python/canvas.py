@@ -104,6 +104,21 @@ assert res.parent.parent.parent.get(timeout=T) == echo(1)
 show("failed-chain-end", res.id)
 ok("chain failure")
 
+# A chain ending in a group: each member gets the previous result, under the ids the client froze.
+res = chain(S("worker.echo", 1), group(S("worker.echo", "a"), S("worker.echo", "b"))).apply_async()
+assert isinstance(res, GroupResult), res
+assert res.get(timeout=T) == [echo(echo(1), "a"), echo(echo(1), "b")], res.results
+assert all(meta(c).get("group_id") == res.id for c in res.results)
+ok("chain ending in a group")
+
+# A group as a link: the parent's child is that group.
+r = app.send_task("worker.echo", args=[5], queue=q, link=group(S("worker.echo", "x"), S("worker.echo", "y")))
+r.get(timeout=T)
+(g,) = r.children
+assert isinstance(g, GroupResult), g
+assert g.get(timeout=T) == [echo(echo(5), "x"), echo(echo(5), "y")]
+ok("group as a link")
+
 # link_error: the errback is sent as a task with the failed task's id first.
 eid = str(uuid.uuid4())
 r = app.send_task("worker.fail", args=["bad"], queue=q,

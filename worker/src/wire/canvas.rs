@@ -5,9 +5,11 @@
 //! The signatures are attacker input (anyone who can publish to a queue writes them), so the
 //! whole canvas is checked before the task runs, without recursion: a work list walks the
 //! signatures and the ones nested in their options (`link`, `link_error`, `chain`, `chord`),
-//! with a bound on depth and on the number of signatures. A canvas this worker cannot honour
-//! (a `subtask_type` such as `group` or `chord`, which Celery rebuilds into its own classes and
-//! runs in-process) is refused as a whole, so no task runs only to leave its canvas half done.
+//! with a bound on depth and on the number of signatures. A group (`subtask_type` "group") of
+//! plain signatures is honoured where Celery's worker sends one on: as a callback and as the
+//! last step of a chain. Anything else with a `subtask_type` (a group elsewhere, a `chain` or
+//! `chord` signature, which Celery rebuilds into its own classes and runs in-process) is
+//! refused as a whole, so no task runs only to leave its canvas half done.
 
 use serde_json::{Map, Value, json};
 
@@ -26,6 +28,8 @@ pub struct Signature {
     pub options: Map<String, Value>,
     /// Immutable signatures get no result (or task id) prepended.
     pub immutable: bool,
+    /// A group's members (each a plain signature); `None` for a plain task.
+    pub group: Option<Vec<Signature>>,
 }
 
 /// The canvas of one message, checked.
@@ -67,6 +71,17 @@ impl CanvasError {
 impl Signature {
     /// The signature as Celery serialises it, for passing on (the rest of a chain).
     pub fn to_json(&self) -> Value {
+        if let Some(members) = &self.group {
+            let tasks: Vec<Value> = members.iter().map(Signature::to_json).collect();
+            return json!({
+                "task": self.task,
+                "args": [],
+                "kwargs": {"tasks": tasks},
+                "options": self.options,
+                "subtask_type": "group",
+                "immutable": self.immutable,
+            });
+        }
         json!({
             "task": self.task,
             "args": self.args,
@@ -140,8 +155,30 @@ fn entries(value: Option<&Value>) -> Result<Vec<&Value>, String> {
     }
 }
 
-/// Turn one signature dict into a [`Signature`], refusing what is not a plain task.
-fn signature(value: &Value, at: &str) -> Result<Signature, CanvasError> {
+/// Whether a position may hold a group: where Celery's worker sends signatures on with a
+/// result (callbacks, the chain's last step), not errbacks or a chord body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Groups {
+    Allowed,
+    Refused,
+}
+
+/// The raw members of a group signature (`kwargs.tasks`), empty for anything else.
+fn raw_members(value: &Value) -> &[Value] {
+    if value.get("subtask_type").and_then(Value::as_str) != Some("group") {
+        return &[];
+    }
+    value
+        .get("kwargs")
+        .and_then(|k| k.get("tasks"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// Turn one signature dict into a [`Signature`], refusing what is not a plain task (or, where
+/// `groups` allows it, a group of plain tasks: one level, whatever the input says).
+fn signature(value: &Value, at: &str, groups: Groups) -> Result<Signature, CanvasError> {
     let invalid = |problem: &str| CanvasError::Invalid {
         problem: problem.to_owned(),
         at: at.to_owned(),
@@ -149,8 +186,23 @@ fn signature(value: &Value, at: &str) -> Result<Signature, CanvasError> {
     let Value::Object(map) = value else {
         return Err(invalid("a signature must be a dict"));
     };
+    let mut group = None;
     match map.get("subtask_type") {
         None | Some(Value::Null) => {}
+        Some(Value::String(kind)) if kind == "group" && groups == Groups::Allowed => {
+            let Some(Value::Array(tasks)) = map.get("kwargs").and_then(|k| k.get("tasks")) else {
+                return Err(invalid("a group needs kwargs.tasks, a list of signatures"));
+            };
+            if tasks.len() > MAX_SIGNATURES {
+                return Err(CanvasError::TooLarge);
+            }
+            let members = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| signature(t, &format!("{at}.tasks[{i}]"), Groups::Refused))
+                .collect::<Result<Vec<_>, _>>()?;
+            group = Some(members);
+        }
         Some(Value::String(kind)) => {
             return Err(CanvasError::Unsupported {
                 what: format!("subtask_type {:?}", super::outgoing::truncate(kind, 64)),
@@ -188,12 +240,18 @@ fn signature(value: &Value, at: &str) -> Result<Signature, CanvasError> {
         kwargs,
         options,
         immutable,
+        group,
     })
 }
 
 /// The signatures of an option that holds null, one or a list (a chord body's `link_error`,
 /// its `chain`): already checked by [`parse`] when the canvas was, read again when needed.
 pub fn signatures(value: Option<&Value>, path: &str) -> Result<Vec<Signature>, CanvasError> {
+    let groups = if path.ends_with(".chain") {
+        Groups::Allowed
+    } else {
+        Groups::Refused
+    };
     let items = entries(value).map_err(|problem| CanvasError::Invalid {
         problem,
         at: path.to_owned(),
@@ -202,7 +260,7 @@ pub fn signatures(value: Option<&Value>, path: &str) -> Result<Vec<Signature>, C
         .into_iter()
         .take(MAX_SIGNATURES)
         .enumerate()
-        .map(|(i, item)| signature(item, &at(path, Some(i))))
+        .map(|(i, item)| signature(item, &at(path, Some(i)), groups))
         .collect()
 }
 
@@ -224,7 +282,18 @@ pub fn parse(embed: &Map<String, Value>) -> Result<Canvas, CanvasError> {
                 return Err(CanvasError::TooLarge);
             }
             let here = at(key, Some(i));
-            let sig = signature(item, &here)?;
+            let groups = match (key, i) {
+                ("callbacks", _) | ("chain", 0) => Groups::Allowed,
+                _ => Groups::Refused,
+            };
+            let sig = signature(item, &here, groups)?;
+            for (m, member) in raw_members(item).iter().enumerate() {
+                seen = seen.saturating_add(1);
+                pending.push((member, format!("{here}.tasks[{m}]"), 1));
+            }
+            if seen > MAX_SIGNATURES {
+                return Err(CanvasError::TooLarge);
+            }
             pending.push((item, here, 0));
             match key {
                 "callbacks" => canvas.callbacks.push(sig),
@@ -237,7 +306,7 @@ pub fn parse(embed: &Map<String, Value>) -> Result<Canvas, CanvasError> {
         None | Some(Value::Null) => {}
         Some(body) => {
             seen = seen.saturating_add(1);
-            canvas.chord = Some(signature(body, "chord")?);
+            canvas.chord = Some(signature(body, "chord", Groups::Refused)?);
             pending.push((body, "chord".into(), 0));
         }
     }
@@ -257,7 +326,18 @@ pub fn parse(embed: &Map<String, Value>) -> Result<Canvas, CanvasError> {
                     return Err(CanvasError::TooLarge);
                 }
                 let nested = at(&path, Some(i));
-                signature(item, &nested)?;
+                let groups = match (key, i) {
+                    ("link", _) | ("chain", 0) => Groups::Allowed,
+                    _ => Groups::Refused,
+                };
+                signature(item, &nested, groups)?;
+                for (m, member) in raw_members(item).iter().enumerate() {
+                    seen = seen.saturating_add(1);
+                    pending.push((member, format!("{nested}.tasks[{m}]"), depth + 1));
+                }
+                if seen > MAX_SIGNATURES {
+                    return Err(CanvasError::TooLarge);
+                }
                 pending.push((item, nested, depth + 1));
             }
         }
@@ -308,17 +388,33 @@ mod tests {
     fn refuses_what_it_cannot_honour_wherever_it_is() {
         let mut group = sig("celery.group");
         group["subtask_type"] = json!("group");
-        let e = parse(&embed(json!({"chain": [group.clone(), sig("a")]}))).unwrap_err();
+        group["kwargs"] = json!({"tasks": [sig("m1"), sig("m2")]});
+        let e = parse(&embed(json!({"chain": [sig("a"), group.clone()]}))).unwrap_err();
         assert_eq!(e.reason(), "unsupported_canvas");
         assert!(e.to_string().contains("\"group\""), "{e}");
-        assert!(e.to_string().contains("chain[0]"), "{e}");
+        assert!(e.to_string().contains("chain[1]"), "{e}");
+        let e = parse(&embed(json!({"errbacks": [group.clone()]}))).unwrap_err();
+        assert!(e.to_string().contains("errbacks[0]"), "{e}");
+        let mut chord = sig("celery.chord");
+        chord["subtask_type"] = json!("chord");
         let mut cb = sig("a");
-        cb["options"]["link"] = json!([group]);
+        cb["options"]["link"] = json!([chord]);
         let e = parse(&embed(json!({"callbacks": [cb]}))).unwrap_err();
         assert!(
             e.to_string().contains("callbacks[0].options.link[0]"),
             "{e}"
         );
+        // A group is honoured as a callback and as the chain's last step, of plain members.
+        let c = parse(&embed(
+            json!({"callbacks": [group.clone()], "chain": [group.clone()]}),
+        ))
+        .unwrap();
+        assert_eq!(c.callbacks[0].group.as_ref().map(Vec::len), Some(2));
+        assert_eq!(c.chain[0].to_json()["kwargs"]["tasks"][1]["task"], "m2");
+        let mut nested = group.clone();
+        nested["kwargs"]["tasks"] = json!([group]);
+        let e = parse(&embed(json!({"callbacks": [nested]}))).unwrap_err();
+        assert!(e.to_string().contains("callbacks[0].tasks[0]"), "{e}");
         assert_eq!(
             parse(&embed(json!({"callbacks": 3}))).unwrap_err().reason(),
             "invalid_canvas"

@@ -127,7 +127,16 @@ impl CanvasRunner {
             .chain(canvas.chain.last())
             .chain(canvas.chord.as_ref());
         for sig in sigs {
-            self.build(sig, Some(&dry), message, None, None)?;
+            match &sig.group {
+                Some(members) => {
+                    for member in members {
+                        self.build(member, Some(&dry), message, None, None)?;
+                    }
+                }
+                None => {
+                    self.build(sig, Some(&dry), message, None, None)?;
+                }
+            }
         }
         Ok(canvas)
     }
@@ -173,15 +182,16 @@ impl CanvasRunner {
         Ok(id)
     }
 
-    /// Send `sigs` as one group (fresh group id, `group_index` in order); the group's
-    /// `children` entry.
+    /// Send `sigs` as one group (`group_index` in order) under the id the group was frozen
+    /// with, else a fresh one; the group's `children` entry.
     async fn send_group(
         &self,
         sigs: &[Signature],
         first: Option<&Value>,
         parent: &TaskMessage,
+        frozen: Option<&str>,
     ) -> Result<Value, SendError> {
-        let gid = uuid::Uuid::new_v4().to_string();
+        let gid = frozen.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let mut members = Vec::with_capacity(sigs.len());
         for (i, sig) in sigs.iter().enumerate() {
             let id = self.send(sig, first, parent, None, Some((&gid, i))).await?;
@@ -199,18 +209,41 @@ impl CanvasRunner {
         value: &Value,
     ) -> Result<Vec<Value>, SendError> {
         let mut children = Vec::new();
-        match canvas.callbacks.as_slice() {
+        // As Celery: one callback is sent as itself; of several, each group is sent on its
+        // own and the plain ones together as one group.
+        let (groups, plain): (Vec<&Signature>, Vec<&Signature>) =
+            canvas.callbacks.iter().partition(|s| s.group.is_some());
+        for g in groups {
+            let members = g.group.as_deref().unwrap_or_default();
+            children.push(
+                self.send_group(members, Some(value), message, g.task_id())
+                    .await?,
+            );
+        }
+        match plain.as_slice() {
             [] => {}
             [one] => children.push(child(
                 &self.send(one, Some(value), message, None, None).await?,
             )),
-            many => children.push(self.send_group(many, Some(value), message).await?),
+            many => {
+                let many: Vec<Signature> = many.iter().map(|s| (*s).clone()).collect();
+                children.push(self.send_group(&many, Some(value), message, None).await?);
+            }
         }
         if let Some((next, rest)) = canvas.chain.split_last() {
-            let id = self
-                .send(next, Some(value), message, Some(rest), None)
-                .await?;
-            children.push(child(&id));
+            match &next.group {
+                // Only the chain's last step can be a group (checked by the parser).
+                Some(members) => children.push(
+                    self.send_group(members, Some(value), message, next.task_id())
+                        .await?,
+                ),
+                None => {
+                    let id = self
+                        .send(next, Some(value), message, Some(rest), None)
+                        .await?;
+                    children.push(child(&id));
+                }
+            }
         }
         Ok(children)
     }
@@ -257,7 +290,7 @@ impl CanvasRunner {
         }
         if !canvas.errbacks.is_empty() {
             let id = Value::String(message.id.clone());
-            self.send_group(&canvas.errbacks, Some(&id), message)
+            self.send_group(&canvas.errbacks, Some(&id), message, None)
                 .await?;
         }
         Ok(())
@@ -308,6 +341,7 @@ impl CanvasRunner {
                 kwargs: Default::default(),
                 options: Default::default(),
                 immutable: false,
+                group: None,
             };
             self.store_link_failure(id, &sig, err, extended).await;
         }
@@ -429,7 +463,8 @@ impl CanvasRunner {
             canvas::signatures(body.options.get("link_error"), "chord.options.link_error")?;
         if !errbacks.is_empty() {
             let first = Value::String(id.clone());
-            self.send_group(&errbacks, Some(&first), &request).await?;
+            self.send_group(&errbacks, Some(&first), &request, None)
+                .await?;
         }
         let extended = true;
         self.store_link_failure(&id, body, err, extended).await;
