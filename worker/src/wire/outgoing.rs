@@ -386,6 +386,77 @@ mod tests {
         assert!(m.header("expires").unwrap().as_str().is_some());
     }
 
+    fn sig(v: Value) -> Signature {
+        let embed = json!({ "callbacks": [v] });
+        super::super::canvas::parse(embed.as_object().unwrap())
+            .unwrap()
+            .callbacks
+            .remove(0)
+    }
+
+    #[test]
+    fn a_signature_is_sent_as_celery_would_send_it() {
+        let now = Utc::now();
+        let s = sig(json!({"task": "t.next", "args": [2], "kwargs": {"k": 1},
+            "options": {"task_id": "frozen", "queue": "named", "countdown": 10,
+                        "link": {"task": "t.cb", "options": {}}, "time_limit": 30},
+            "subtask_type": null, "immutable": false}));
+        let rest = vec![sig(
+            json!({"task": "t.last", "options": {"task_id": "last"}}),
+        )];
+        let call = SignatureCall {
+            signature: &s,
+            first: Some(&json!("result")),
+            parent_id: "parent",
+            root_id: "root",
+            chain: Some(&rest),
+            group: Some(("gid", 3)),
+            default_queue: "celery",
+        };
+        let (id, m) = OutgoingMessage::signature(call, "gen1@h", now).unwrap();
+        assert_eq!((id.as_str(), m.routing_key.as_str()), ("frozen", "named"));
+        assert_eq!(m.header("parent_id").unwrap(), "parent");
+        assert_eq!(m.header("root_id").unwrap(), "root");
+        assert_eq!(m.header("group").unwrap(), "gid");
+        assert_eq!(m.header("group_index").unwrap(), 3);
+        assert_eq!(m.header("timelimit").unwrap(), json!([30, null]));
+        let eta = super::super::message::parse_time(m.header("eta").unwrap().as_str().unwrap());
+        assert!(((eta.unwrap() - now).num_milliseconds() - 10_000).abs() <= 1);
+        let body: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(body[0], json!(["result", 2]));
+        assert_eq!(body[1], json!({"k": 1}));
+        assert_eq!(body[2]["callbacks"][0]["task"], "t.cb");
+        assert_eq!(body[2]["chain"][0]["options"]["task_id"], "last");
+        assert_eq!(body[2]["chord"], Value::Null);
+    }
+
+    #[test]
+    fn an_immutable_signature_keeps_its_args_and_unnamed_queues_take_the_route() {
+        let s = sig(json!({"task": "t", "args": [1], "immutable": true}));
+        let call = SignatureCall {
+            signature: &s,
+            first: Some(&json!("result")),
+            parent_id: "p",
+            root_id: "p",
+            chain: None,
+            group: None,
+            default_queue: "shifts",
+        };
+        let (id, m) = OutgoingMessage::signature(call, "gen1@h", Utc::now()).unwrap();
+        assert_eq!(m.routing_key, "shifts");
+        assert_eq!(m.header("id").unwrap(), id.as_str());
+        let body: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(body[0], json!([1]));
+        for bad in [json!(-1), json!(1e12), json!("soon")] {
+            let s = sig(json!({"task": "t", "options": {"countdown": bad}}));
+            let call = SignatureCall {
+                signature: &s,
+                ..call
+            };
+            assert!(OutgoingMessage::signature(call, "g", Utc::now()).is_err());
+        }
+    }
+
     #[test]
     fn retry_keeps_identity_and_counts() {
         let mut m = TaskMessage::minimal("abc", Some("t"));
