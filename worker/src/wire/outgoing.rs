@@ -255,6 +255,19 @@ impl OutgoingMessage {
                 .cloned()
                 .unwrap_or(Value::Null),
         );
+        // We publish through the default exchange, by queue name: a signature that names
+        // another exchange would land somewhere else, so it is refused (before the task runs:
+        // the executor builds every message of a canvas first).
+        let exchange = o
+            .get("exchange")
+            .and_then(Value::as_str)
+            .filter(|x| !x.is_empty());
+        if let (None, Some(x)) = (sig.queue(), exchange) {
+            return Err(CanvasError::Unsupported {
+                what: format!("publishing to the exchange {:?}", truncate(x, 64)),
+                at: format!("signature of {}", truncate(&sig.task, 64)),
+            });
+        }
         let queue = sig.queue().unwrap_or(call.default_queue);
         let mut message = Self::task(queue, &task, origin, now);
         if let Some(p) = o.get("priority").and_then(Value::as_u64) {
@@ -447,6 +460,16 @@ mod tests {
         assert_eq!(m.header("id").unwrap(), id.as_str());
         let body: Value = serde_json::from_slice(&m.body).unwrap();
         assert_eq!(body[0], json!([1]));
+        let s = sig(json!({"task": "t", "options": {"exchange": "elsewhere", "routing_key": "k"}}));
+        let err = OutgoingMessage::signature(
+            SignatureCall {
+                signature: &s,
+                ..call
+            },
+            "g",
+            Utc::now(),
+        );
+        assert_eq!(err.unwrap_err().reason(), "unsupported_canvas");
         for bad in [json!(-1), json!(1e12), json!("soon")] {
             let s = sig(json!({"task": "t", "options": {"countdown": bad}}));
             let call = SignatureCall {
