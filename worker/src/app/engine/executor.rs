@@ -1,8 +1,11 @@
 //! What happens to one delivery, start to finish.
 //!
-//! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> skip
-//! if expired (REVOKED) -> if its eta is far, park it in the delayed store -> run within its
-//! time limits, writing STARTED alongside -> SUCCESS, RETRY (republished) or FAILURE -> ack. The
+//! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> check
+//! its canvas (refuse what we cannot honour, see [`canvas`]) -> on a redelivery, skip it if its
+//! SUCCESS is stored -> skip if expired (REVOKED) -> if its eta is far, park it in the delayed
+//! store -> run within its time limits, writing STARTED alongside -> send callbacks and the next
+//! chain step, then SUCCESS; RETRY (republished); or FAILURE, then the chain's later links and
+//! the errbacks -> a chord part records itself -> ack. The
 //! ack comes last, after the outcome is recorded: a crash anywhere before it means RabbitMQ
 //! redelivers the message (at-least-once), and a stored SUCCESS is never overwritten by the
 //! rerun's STARTED.
