@@ -52,6 +52,7 @@ async fn celery_canvas_forms_run_on_the_worker() {
         "ok chain failure",
         "ok chain ending in a group",
         "ok group as a link",
+        "ok chain as a link",
         "ok link_error",
         "ok group",
         "ok unsupported canvas refused",

@@ -119,6 +119,16 @@ assert isinstance(g, GroupResult), g
 assert g.get(timeout=T) == [echo(echo(5), "x"), echo(echo(5), "y")]
 ok("group as a link")
 
+# A chain as a link: its first task gets the result, the rest follow; the parent's child is
+# the chain's last result, with the chain's first as its parent.
+r = app.send_task("worker.echo", args=[6], queue=q, link=chain(S("worker.echo", "x"), S("worker.echo", "y")))
+r.get(timeout=T)
+(last,) = r.children
+assert last.get(timeout=T) == echo(echo(echo(6), "x"), "y"), last.result
+assert last.parent.get(timeout=T) == echo(echo(6), "x")
+assert meta(last.parent)["parent_id"] == r.id and meta(last)["parent_id"] == last.parent.id
+ok("chain as a link")
+
 # link_error: the errback is sent as a task with the failed task's id first.
 eid = str(uuid.uuid4())
 r = app.send_task("worker.fail", args=["bad"], queue=q,

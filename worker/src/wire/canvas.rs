@@ -30,6 +30,8 @@ pub struct Signature {
     pub immutable: bool,
     /// A group's members (each a plain signature); `None` for a plain task.
     pub group: Option<Vec<Signature>>,
+    /// A chain's tasks in order (each a plain signature), when a chain is sent as a link.
+    pub chain_of: Option<Vec<Signature>>,
 }
 
 /// The canvas of one message, checked.
@@ -71,14 +73,19 @@ impl CanvasError {
 impl Signature {
     /// The signature as Celery serialises it, for passing on (the rest of a chain).
     pub fn to_json(&self) -> Value {
-        if let Some(members) = &self.group {
+        let compound = match (&self.group, &self.chain_of) {
+            (Some(members), _) => Some(("group", members)),
+            (None, Some(tasks)) => Some(("chain", tasks)),
+            (None, None) => None,
+        };
+        if let Some((kind, members)) = compound {
             let tasks: Vec<Value> = members.iter().map(Signature::to_json).collect();
             return json!({
                 "task": self.task,
                 "args": [],
                 "kwargs": {"tasks": tasks},
                 "options": self.options,
-                "subtask_type": "group",
+                "subtask_type": kind,
                 "immutable": self.immutable,
             });
         }
@@ -155,17 +162,22 @@ fn entries(value: Option<&Value>) -> Result<Vec<&Value>, String> {
     }
 }
 
-/// Whether a position may hold a group: where Celery's worker sends signatures on with a
-/// result (callbacks, the chain's last step), not errbacks or a chord body.
+/// Where a signature sits, which decides what it may be: a callback may be a group or a
+/// chain, the chain's last step a group; errbacks, chord bodies and group or chain members
+/// only plain tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Groups {
-    Allowed,
-    Refused,
+enum Position {
+    Callback,
+    LastStep,
+    Other,
 }
 
-/// The raw members of a group signature (`kwargs.tasks`), empty for anything else.
+/// The raw members of a group or chain signature (`kwargs.tasks`), empty for anything else.
 fn raw_members(value: &Value) -> &[Value] {
-    if value.get("subtask_type").and_then(Value::as_str) != Some("group") {
+    if !matches!(
+        value.get("subtask_type").and_then(Value::as_str),
+        Some("group" | "chain")
+    ) {
         return &[];
     }
     value
@@ -176,9 +188,39 @@ fn raw_members(value: &Value) -> &[Value] {
         .unwrap_or_default()
 }
 
+/// A chain sent as a link has at most this many tasks: its result's `children` entry nests
+/// two levels per task, and Python reads it recursively.
+pub const MAX_LINKED_CHAIN: usize = 32;
+
+/// The members of a group or chain (`kwargs.tasks`), each a plain signature.
+fn members(
+    map: &Map<String, Value>,
+    at: &str,
+    kind: &str,
+    max: usize,
+) -> Result<Vec<Signature>, CanvasError> {
+    let Some(Value::Array(tasks)) = map.get("kwargs").and_then(|k| k.get("tasks")) else {
+        return Err(CanvasError::Invalid {
+            problem: format!("a {kind} needs kwargs.tasks, a list of signatures"),
+            at: at.to_owned(),
+        });
+    };
+    if tasks.len() > max {
+        return Err(CanvasError::Unsupported {
+            what: format!("a {kind} of {} tasks (at most {max})", tasks.len()),
+            at: at.to_owned(),
+        });
+    }
+    tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| signature(t, &format!("{at}.tasks[{i}]"), Position::Other))
+        .collect()
+}
+
 /// Turn one signature dict into a [`Signature`], refusing what is not a plain task (or, where
-/// `groups` allows it, a group of plain tasks: one level, whatever the input says).
-fn signature(value: &Value, at: &str, groups: Groups) -> Result<Signature, CanvasError> {
+/// its position allows, a group or chain of plain tasks: one level, whatever the input says).
+fn signature(value: &Value, at: &str, position: Position) -> Result<Signature, CanvasError> {
     let invalid = |problem: &str| CanvasError::Invalid {
         problem: problem.to_owned(),
         at: at.to_owned(),
@@ -186,22 +228,14 @@ fn signature(value: &Value, at: &str, groups: Groups) -> Result<Signature, Canva
     let Value::Object(map) = value else {
         return Err(invalid("a signature must be a dict"));
     };
-    let mut group = None;
+    let (mut group, mut chain_of) = (None, None);
     match map.get("subtask_type") {
         None | Some(Value::Null) => {}
-        Some(Value::String(kind)) if kind == "group" && groups == Groups::Allowed => {
-            let Some(Value::Array(tasks)) = map.get("kwargs").and_then(|k| k.get("tasks")) else {
-                return Err(invalid("a group needs kwargs.tasks, a list of signatures"));
-            };
-            if tasks.len() > MAX_SIGNATURES {
-                return Err(CanvasError::TooLarge);
-            }
-            let members = tasks
-                .iter()
-                .enumerate()
-                .map(|(i, t)| signature(t, &format!("{at}.tasks[{i}]"), Groups::Refused))
-                .collect::<Result<Vec<_>, _>>()?;
-            group = Some(members);
+        Some(Value::String(kind)) if kind == "group" && position != Position::Other => {
+            group = Some(members(map, at, kind, MAX_SIGNATURES)?);
+        }
+        Some(Value::String(kind)) if kind == "chain" && position == Position::Callback => {
+            chain_of = Some(members(map, at, kind, MAX_LINKED_CHAIN)?);
         }
         Some(Value::String(kind)) => {
             return Err(CanvasError::Unsupported {
@@ -241,16 +275,30 @@ fn signature(value: &Value, at: &str, groups: Groups) -> Result<Signature, Canva
         options,
         immutable,
         group,
+        chain_of,
     })
+}
+
+/// Celery sends a chain only as the one callback (several are sent as one group, which would
+/// make the chain a group member, run by Celery's own classes).
+fn check_chain_callbacks(items: &[&Value], at: &str) -> Result<(), CanvasError> {
+    let chain = |v: &&Value| v.get("subtask_type").and_then(Value::as_str) == Some("chain");
+    if items.len() > 1 && items.iter().any(chain) {
+        return Err(CanvasError::Unsupported {
+            what: "a chain among several callbacks".into(),
+            at: at.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The signatures of an option that holds null, one or a list (a chord body's `link_error`,
 /// its `chain`): already checked by [`parse`] when the canvas was, read again when needed.
 pub fn signatures(value: Option<&Value>, path: &str) -> Result<Vec<Signature>, CanvasError> {
-    let groups = if path.ends_with(".chain") {
-        Groups::Allowed
+    let position = if path.ends_with(".chain") {
+        Position::LastStep
     } else {
-        Groups::Refused
+        Position::Other
     };
     let items = entries(value).map_err(|problem| CanvasError::Invalid {
         problem,
@@ -260,7 +308,7 @@ pub fn signatures(value: Option<&Value>, path: &str) -> Result<Vec<Signature>, C
         .into_iter()
         .take(MAX_SIGNATURES)
         .enumerate()
-        .map(|(i, item)| signature(item, &at(path, Some(i)), groups))
+        .map(|(i, item)| signature(item, &at(path, Some(i)), position))
         .collect()
 }
 
@@ -276,17 +324,21 @@ pub fn parse(embed: &Map<String, Value>) -> Result<Canvas, CanvasError> {
             problem,
             at: key.to_owned(),
         })?;
+        if key == "callbacks" {
+            check_chain_callbacks(&items, key)?;
+        }
         for (i, item) in items.into_iter().enumerate() {
             seen = seen.saturating_add(1);
             if seen > MAX_SIGNATURES {
                 return Err(CanvasError::TooLarge);
             }
             let here = at(key, Some(i));
-            let groups = match (key, i) {
-                ("callbacks", _) | ("chain", 0) => Groups::Allowed,
-                _ => Groups::Refused,
+            let position = match (key, i) {
+                ("callbacks", _) => Position::Callback,
+                ("chain", 0) => Position::LastStep,
+                _ => Position::Other,
             };
-            let sig = signature(item, &here, groups)?;
+            let sig = signature(item, &here, position)?;
             for (m, member) in raw_members(item).iter().enumerate() {
                 seen = seen.saturating_add(1);
                 pending.push((member, format!("{here}.tasks[{m}]"), 1));
@@ -306,7 +358,7 @@ pub fn parse(embed: &Map<String, Value>) -> Result<Canvas, CanvasError> {
         None | Some(Value::Null) => {}
         Some(body) => {
             seen = seen.saturating_add(1);
-            canvas.chord = Some(signature(body, "chord", Groups::Refused)?);
+            canvas.chord = Some(signature(body, "chord", Position::Other)?);
             pending.push((body, "chord".into(), 0));
         }
     }
@@ -320,17 +372,21 @@ pub fn parse(embed: &Map<String, Value>) -> Result<Canvas, CanvasError> {
                 problem,
                 at: path.clone(),
             })?;
+            if key == "link" {
+                check_chain_callbacks(&items, &path)?;
+            }
             for (i, item) in items.into_iter().enumerate() {
                 seen = seen.saturating_add(1);
                 if seen > MAX_SIGNATURES || depth >= MAX_DEPTH {
                     return Err(CanvasError::TooLarge);
                 }
                 let nested = at(&path, Some(i));
-                let groups = match (key, i) {
-                    ("link", _) | ("chain", 0) => Groups::Allowed,
-                    _ => Groups::Refused,
+                let position = match (key, i) {
+                    ("link", _) => Position::Callback,
+                    ("chain", 0) => Position::LastStep,
+                    _ => Position::Other,
                 };
-                signature(item, &nested, groups)?;
+                signature(item, &nested, position)?;
                 for (m, member) in raw_members(item).iter().enumerate() {
                     seen = seen.saturating_add(1);
                     pending.push((member, format!("{nested}.tasks[{m}]"), depth + 1));
@@ -411,6 +467,17 @@ mod tests {
         .unwrap();
         assert_eq!(c.callbacks[0].group.as_ref().map(Vec::len), Some(2));
         assert_eq!(c.chain[0].to_json()["kwargs"]["tasks"][1]["task"], "m2");
+        let mut chain = group.clone();
+        chain["subtask_type"] = json!("chain");
+        let c = parse(&embed(json!({"callbacks": [chain.clone()]}))).unwrap();
+        assert_eq!(c.callbacks[0].chain_of.as_ref().map(Vec::len), Some(2));
+        let e = parse(&embed(json!({"callbacks": [chain.clone(), sig("a")]}))).unwrap_err();
+        assert!(
+            e.to_string().contains("a chain among several callbacks"),
+            "{e}"
+        );
+        let e = parse(&embed(json!({"chain": [chain]}))).unwrap_err();
+        assert!(e.to_string().contains("\"chain\""), "{e}");
         let mut nested = group.clone();
         nested["kwargs"]["tasks"] = json!([group]);
         let e = parse(&embed(json!({"callbacks": [nested]}))).unwrap_err();

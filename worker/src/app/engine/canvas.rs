@@ -127,7 +127,7 @@ impl CanvasRunner {
             .chain(canvas.chain.last())
             .chain(canvas.chord.as_ref());
         for sig in sigs {
-            match &sig.group {
+            match sig.group.as_ref().or(sig.chain_of.as_ref()) {
                 Some(members) => {
                     for member in members {
                         self.build(member, Some(&dry), message, None, None)?;
@@ -200,6 +200,36 @@ impl CanvasRunner {
         Ok(json!([[gid, null], members]))
     }
 
+    /// A chain sent as a link (Celery's `chain.apply_async((result,))`): each task gets its id
+    /// now, the first is sent with the result and the rest as its chain. Returns the `children`
+    /// entry: the last task's result with its parents, as `AsyncResult.as_tuple()` nests them.
+    async fn send_chain(
+        &self,
+        tasks: &[Signature],
+        value: &Value,
+        parent: &TaskMessage,
+    ) -> Result<Option<Value>, SendError> {
+        let mut steps = tasks.to_vec();
+        for step in &mut steps {
+            if step.task_id().is_none() {
+                let id = uuid::Uuid::new_v4().to_string();
+                step.options.insert("task_id".into(), Value::String(id));
+            }
+        }
+        let Some((head, rest)) = steps.split_first() else {
+            return Ok(None);
+        };
+        let mut rest = rest.to_vec();
+        rest.reverse();
+        self.send(head, Some(value), parent, Some(&rest), None)
+            .await?;
+        let mut node = Value::Null;
+        for step in &steps {
+            node = json!([[step.task_id(), node], null]);
+        }
+        Ok(Some(node))
+    }
+
     /// After the task succeeded, before its SUCCESS is stored: send its callbacks, then the
     /// next chain step with the rest of the chain. Returns the result's `children`.
     pub(crate) async fn on_success(
@@ -209,10 +239,19 @@ impl CanvasRunner {
         value: &Value,
     ) -> Result<Vec<Value>, SendError> {
         let mut children = Vec::new();
+        // A chain is only ever the one callback (checked by the parser).
+        if let [only] = canvas.callbacks.as_slice()
+            && let Some(tasks) = &only.chain_of
+        {
+            children.extend(self.send_chain(tasks, value, message).await?);
+        }
         // As Celery: one callback is sent as itself; of several, each group is sent on its
         // own and the plain ones together as one group.
-        let (groups, plain): (Vec<&Signature>, Vec<&Signature>) =
-            canvas.callbacks.iter().partition(|s| s.group.is_some());
+        let (groups, plain): (Vec<&Signature>, Vec<&Signature>) = canvas
+            .callbacks
+            .iter()
+            .filter(|s| s.chain_of.is_none())
+            .partition(|s| s.group.is_some());
         for g in groups {
             let members = g.group.as_deref().unwrap_or_default();
             children.push(
@@ -342,6 +381,7 @@ impl CanvasRunner {
                 options: Default::default(),
                 immutable: false,
                 group: None,
+                chain_of: None,
             };
             self.store_link_failure(id, &sig, err, extended).await;
         }
