@@ -20,5 +20,19 @@ expected = {"args": [[{"slept": 0.01 * i} for i in range(n)], "body"], "kwargs":
 assert c.get(timeout=60) == expected, c.result
 for part in c.parent.results:
     print("part-worker", part.backend.get_task_meta(part.id).get("worker"), flush=True)
-ok = "ok mixed chord"
-print(ok, flush=True)
+print("ok mixed chord", flush=True)
+
+# One failing part: whichever worker finishes the header reads the other's stored parts and
+# fails the body with the same ChordError.
+from celery.exceptions import ChordError
+from celery.result import AsyncResult
+
+parts = [app.signature("worker.sleep", args=(0.01 * i,), options={"queue": q}, immutable=True) for i in range(n)]
+parts[7] = app.signature("worker.fail", args=("boom",), options={"queue": q}, immutable=True)
+c = chord(parts, app.signature("worker.echo", options={"queue": q})).apply_async()
+try:
+    AsyncResult(c.id, app=app).get(timeout=60)
+    raise AssertionError("the chord's body did not fail")
+except ChordError as e:
+    assert "Dependency" in str(e) and "boom" in str(e), str(e)
+print("ok mixed chord with a failing part", flush=True)
