@@ -380,7 +380,10 @@ async fn a_python_worker_and_ours_finish_one_chord_between_them() {
     assert_eq!(workers.len(), 20, "{text}");
     assert!(workers.contains(&"rust@canvas"), "{workers:?}");
     assert!(workers.contains(&"py@canvas"), "{workers:?}");
-    assert!(text.contains("ok mixed chord with a failing part"), "{text}");
+    assert!(
+        text.contains("ok mixed chord with a failing part"),
+        "{text}"
+    );
     let (_conn, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }

@@ -112,6 +112,21 @@ const DONE_SECONDS: u64 = 300;
 /// fit in a message anyway).
 pub(crate) const MAX_PARTS: usize = 100_000;
 
+/// Whether a saved GroupResult (`{"result": [[gid, parent], [member, ...]]}`) has a member
+/// that is itself a group (a member tuple with nodes of its own). Unreadable counts as nested:
+/// we do not know it.
+fn nested_header(saved: &str) -> bool {
+    let Ok(doc) = serde_json::from_str::<Value>(saved) else {
+        return true;
+    };
+    match doc.get("result").and_then(|r| r.get(1)) {
+        Some(Value::Array(members)) => members
+            .iter()
+            .any(|m| m.get(1).is_some_and(|nodes| !nodes.is_null())),
+        _ => true,
+    }
+}
+
 /// What recording one part did.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum PartReturn {
@@ -164,11 +179,14 @@ impl ChordStore {
                 "a chord whose header results are a Redis {kind} (result_chord_ordered=False); only the ordered layout is supported"
             )));
         }
-        let saved: bool = redis::cmd("EXISTS")
+        // A saved GroupResult: Celery saves one for a header of nested groups and joins it
+        // through its own result classes; a plain saved group (an application's own
+        // `GroupResult.save()`) reads the same as the parts recorded here.
+        let saved: Option<String> = redis::cmd("GET")
             .arg(self.key(gid, ""))
             .query_async(&mut conn)
             .await?;
-        if saved {
+        if saved.as_deref().is_some_and(nested_header) {
             return Ok(Some(
                 "a chord whose header holds groups (a saved GroupResult)".into(),
             ));
@@ -265,5 +283,19 @@ impl ChordStore {
             .query_async(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_header_of_groups_is_a_layout_we_do_not_know() {
+        let plain = r#"{"result": [["g", null], [[["a", null], null], [["b", null], null]]]}"#;
+        assert!(!nested_header(plain));
+        let nested = r#"{"result": [["g", null], [[["a", null], null], [["h", null], [[["c", null], null]]]]]}"#;
+        assert!(nested_header(nested));
+        assert!(nested_header("not json"));
     }
 }
