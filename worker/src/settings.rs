@@ -159,6 +159,11 @@ pub struct RunSettings {
     #[arg(long, env = "WORKER_TRACK_STARTED_AFTER_MS", default_value_t = 5)]
     pub track_started_after_ms: u64,
 
+    /// A redelivered message whose SUCCESS is already stored is not run again (Celery 5.7's
+    /// `worker_deduplicate_successful_tasks`); only redeliveries pay the extra read.
+    #[arg(long, env = "WORKER_DEDUPLICATE_SUCCESSFUL_TASKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub deduplicate_successful_tasks: bool,
+
     /// Store name, args, kwargs, worker, retries and queue with results (`result_extended`).
     #[arg(long, env = "WORKER_RESULT_EXTENDED", default_value_t = true, action = clap::ArgAction::Set)]
     pub result_extended: bool,

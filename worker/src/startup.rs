@@ -527,6 +527,7 @@ fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {
         track_started: run.track_started,
         started_after: Duration::from_millis(run.track_started_after_ms),
         result_extended: run.result_extended,
+        deduplicate_successful_tasks: run.deduplicate_successful_tasks,
         limits: Limits {
             max_body_bytes: run.max_message_bytes,
             max_values: run.max_message_values,

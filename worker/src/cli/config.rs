@@ -29,6 +29,7 @@ pub(crate) fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "WORKER_TRACK_STARTED": s.track_started,
         "WORKER_TRACK_STARTED_AFTER_MS": s.track_started_after_ms,
         "WORKER_RESULT_EXTENDED": s.result_extended,
+        "WORKER_DEDUPLICATE_SUCCESSFUL_TASKS": s.deduplicate_successful_tasks,
         "WORKER_MAX_MESSAGE_BYTES": s.max_message_bytes,
         "WORKER_ETA_HOLD": s.eta_hold,
         "WORKER_DELAYED_QUEUE_TYPE": s.delayed_queue_type,

@@ -18,6 +18,8 @@ pub struct OutgoingTask {
     pub parent_id: Option<String>,
     /// Extra top-level headers, as `apply_async(headers=...)` merges them.
     pub extra_headers: Map<String, Value>,
+    /// The body's `embed` (`callbacks`, `errbacks`, `chain`, `chord`); missing ones are null.
+    pub embed: Map<String, Value>,
 }
 
 impl OutgoingTask {
@@ -33,6 +35,7 @@ impl OutgoingTask {
             root_id: None,
             parent_id: None,
             extra_headers: Map::new(),
+            embed: Map::new(),
         }
     }
 
@@ -74,11 +77,14 @@ impl OutgoingTask {
 
     /// The body `[args, kwargs, embed]`.
     pub fn body(&self) -> Vec<u8> {
-        let body = json!([
-            self.args,
-            self.kwargs,
-            {"callbacks": null, "errbacks": null, "chain": null, "chord": null}
-        ]);
+        let mut embed = Map::new();
+        for key in ["callbacks", "errbacks", "chain", "chord"] {
+            embed.insert(
+                key.into(),
+                self.embed.get(key).cloned().unwrap_or(Value::Null),
+            );
+        }
+        let body = json!([self.args, self.kwargs, embed]);
         body.to_string().into_bytes()
     }
 }

@@ -8,6 +8,7 @@
 //! See `shared/spec/celery-compat.md` for the facts these modules follow.
 
 pub(crate) mod amqp_value;
+pub(crate) mod canvas;
 pub(crate) mod control;
 pub mod delivery;
 pub(crate) mod encode;

@@ -17,6 +17,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::{Value, json};
 
 use super::amqp_value::json_to_table;
+use super::canvas::{CanvasError, Signature};
 use super::properties::{PERSISTENT, Properties};
 use super::{OutgoingTask, ResultMeta, TaskMessage};
 
@@ -137,6 +138,53 @@ pub struct DeadLetterNote<'a> {
     pub at: DateTime<Utc>,
 }
 
+/// A signature sent on by the worker: Celery's `sig.apply_async(args, **options)` from inside
+/// a task (a callback, the next chain step, an errback, a chord body).
+#[derive(Debug, Clone, Copy)]
+pub struct SignatureCall<'a> {
+    pub signature: &'a Signature,
+    /// Prepended to its args unless it is immutable: the parent's result, or a failed task's id.
+    pub first: Option<&'a Value>,
+    pub parent_id: &'a str,
+    pub root_id: &'a str,
+    /// The rest of a chain, passed on as the new message's own `chain` (still reversed).
+    pub chain: Option<&'a [Signature]>,
+    /// `(group_id, group_index)` when it is sent as a member of a group.
+    pub group: Option<(&'a str, usize)>,
+    /// The queue when the signature names none: its task's route.
+    pub default_queue: &'a str,
+}
+
+/// A signature's time option: seconds from now (`countdown`, a numeric `expires`) or an
+/// ISO-8601 time (`eta`, `expires`), within [`MAX_DELAY`].
+fn option_time(
+    value: Option<&Value>,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let secs = n.as_f64().unwrap_or(-1.0);
+            if !(0.0..=MAX_DELAY.as_secs_f64()).contains(&secs) {
+                return Err(format!(
+                    "{name} must be between 0 and {} seconds",
+                    MAX_DELAY.as_secs()
+                ));
+            }
+            chrono::Duration::from_std(std::time::Duration::from_secs_f64(secs))
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .map(Some)
+                .ok_or_else(|| format!("{name} is out of range"))
+        }
+        Some(Value::String(t)) => super::message::parse_time(t)
+            .map(Some)
+            .ok_or_else(|| format!("{name} is not an ISO-8601 time")),
+        Some(_) => Err(format!("{name} must be seconds or an ISO-8601 time")),
+    }
+}
+
 fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
@@ -194,6 +242,110 @@ impl OutgoingMessage {
             body: task.body(),
             properties,
         }
+    }
+
+    /// A signature sent as a new task, as Celery's `Signature.apply_async` inside a worker
+    /// would: its frozen `task_id` (else a new id), `parent_id`/`root_id` of the sending task,
+    /// its options mapped to headers (`countdown`/`eta`, `expires`, time limits, `group_id`,
+    /// `link` and `link_error` as the new message's callbacks and errbacks), to the queue it
+    /// names or else `call.default_queue`. Returns the new task's id with the message.
+    pub fn signature(
+        call: SignatureCall<'_>,
+        origin: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Self), CanvasError> {
+        let sig = call.signature;
+        let o = &sig.options;
+        let invalid = |problem: String| CanvasError::Invalid {
+            problem,
+            at: format!("signature of {}", truncate(&sig.task, 64)),
+        };
+        let mut task = OutgoingTask::new(
+            sig.task.clone(),
+            sig.args_with(call.first),
+            sig.kwargs.clone(),
+        );
+        if let Some(id) = sig.task_id() {
+            task.id = id.to_owned();
+        }
+        task.eta = match option_time(o.get("countdown"), "countdown", now).map_err(invalid)? {
+            Some(eta) => Some(eta),
+            None => option_time(o.get("eta"), "eta", now).map_err(invalid)?,
+        };
+        task.expires = option_time(o.get("expires"), "expires", now).map_err(invalid)?;
+        task.parent_id = Some(call.parent_id.to_owned());
+        task.root_id = Some(call.root_id.to_owned());
+        let h = &mut task.extra_headers;
+        let (group, index) = match call.group {
+            Some((gid, i)) => (json!(gid), json!(i)),
+            None => (
+                o.get("group_id").cloned().unwrap_or(Value::Null),
+                o.get("group_index").cloned().unwrap_or(Value::Null),
+            ),
+        };
+        h.insert("group".into(), group);
+        h.insert("group_index".into(), index);
+        let limit = |k: &str| {
+            o.get(k)
+                .filter(|v| v.is_number())
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        h.insert(
+            "timelimit".into(),
+            json!([limit("time_limit"), limit("soft_time_limit")]),
+        );
+        if let Some(v) = o.get("ignore_result").filter(|v| v.is_boolean()) {
+            h.insert("ignore_result".into(), v.clone());
+        }
+        if let Some(v) = o.get("shadow").filter(|v| v.is_string()) {
+            h.insert("shadow".into(), v.clone());
+        }
+        let e = &mut task.embed;
+        let list = |k: &str| match o.get(k) {
+            Some(v @ Value::Array(_)) => v.clone(),
+            Some(v @ Value::Object(_)) => json!([v]),
+            _ => Value::Null,
+        };
+        e.insert("callbacks".into(), list("link"));
+        e.insert("errbacks".into(), list("link_error"));
+        let chain = match call.chain {
+            Some(rest) if !rest.is_empty() => {
+                Value::Array(rest.iter().map(Signature::to_json).collect())
+            }
+            Some(_) => Value::Null,
+            None => list("chain"),
+        };
+        e.insert("chain".into(), chain);
+        e.insert(
+            "chord".into(),
+            o.get("chord")
+                .filter(|c| c.is_object())
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
+        // We publish through the default exchange, by queue name: a signature that names
+        // another exchange would land somewhere else, so it is refused (before the task runs:
+        // the executor builds every message of a canvas first).
+        let exchange = o
+            .get("exchange")
+            .and_then(Value::as_str)
+            .filter(|x| !x.is_empty());
+        if let (None, Some(x)) = (sig.queue(), exchange) {
+            return Err(CanvasError::Unsupported {
+                what: format!("publishing to the exchange {:?}", truncate(x, 64)),
+                at: format!("signature of {}", truncate(&sig.task, 64)),
+            });
+        }
+        let queue = sig.queue().unwrap_or(call.default_queue);
+        let mut message = Self::task(queue, &task, origin, now);
+        if let Some(p) = o.get("priority").and_then(Value::as_u64) {
+            message.properties.priority = u8::try_from(p.min(255)).ok();
+        }
+        if let Some(r) = o.get("reply_to").and_then(Value::as_str) {
+            message.properties.reply_to = Some(truncate(r, 255));
+        }
+        Ok((task.id, message))
     }
 
     /// Celery's `task.retry()`: the same id, body and bookkeeping, `retries + 1`, the new `eta`,
@@ -409,6 +561,87 @@ mod tests {
         let m = OutgoingMessage::task("q", &t, "gen1@h", now);
         assert_eq!(m.properties.expiration, None);
         assert!(m.header("expires").unwrap().as_str().is_some());
+    }
+
+    fn sig(v: Value) -> Signature {
+        let embed = json!({ "callbacks": [v] });
+        super::super::canvas::parse(embed.as_object().unwrap())
+            .unwrap()
+            .callbacks
+            .remove(0)
+    }
+
+    #[test]
+    fn a_signature_is_sent_as_celery_would_send_it() {
+        let now = Utc::now();
+        let s = sig(json!({"task": "t.next", "args": [2], "kwargs": {"k": 1},
+            "options": {"task_id": "frozen", "queue": "named", "countdown": 10,
+                        "link": {"task": "t.cb", "options": {}}, "time_limit": 30},
+            "subtask_type": null, "immutable": false}));
+        let rest = vec![sig(
+            json!({"task": "t.last", "options": {"task_id": "last"}}),
+        )];
+        let call = SignatureCall {
+            signature: &s,
+            first: Some(&json!("result")),
+            parent_id: "parent",
+            root_id: "root",
+            chain: Some(&rest),
+            group: Some(("gid", 3)),
+            default_queue: "celery",
+        };
+        let (id, m) = OutgoingMessage::signature(call, "gen1@h", now).unwrap();
+        assert_eq!((id.as_str(), m.routing_key.as_str()), ("frozen", "named"));
+        assert_eq!(m.header("parent_id").unwrap(), "parent");
+        assert_eq!(m.header("root_id").unwrap(), "root");
+        assert_eq!(m.header("group").unwrap(), "gid");
+        assert_eq!(m.header("group_index").unwrap(), 3);
+        assert_eq!(m.header("timelimit").unwrap(), json!([30, null]));
+        let eta = super::super::message::parse_time(m.header("eta").unwrap().as_str().unwrap());
+        assert!(((eta.unwrap() - now).num_milliseconds() - 10_000).abs() <= 1);
+        let body: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(body[0], json!(["result", 2]));
+        assert_eq!(body[1], json!({"k": 1}));
+        assert_eq!(body[2]["callbacks"][0]["task"], "t.cb");
+        assert_eq!(body[2]["chain"][0]["options"]["task_id"], "last");
+        assert_eq!(body[2]["chord"], Value::Null);
+    }
+
+    #[test]
+    fn an_immutable_signature_keeps_its_args_and_unnamed_queues_take_the_route() {
+        let s = sig(json!({"task": "t", "args": [1], "immutable": true}));
+        let call = SignatureCall {
+            signature: &s,
+            first: Some(&json!("result")),
+            parent_id: "p",
+            root_id: "p",
+            chain: None,
+            group: None,
+            default_queue: "shifts",
+        };
+        let (id, m) = OutgoingMessage::signature(call, "gen1@h", Utc::now()).unwrap();
+        assert_eq!(m.routing_key, "shifts");
+        assert_eq!(m.header("id").unwrap(), id.as_str());
+        let body: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(body[0], json!([1]));
+        let s = sig(json!({"task": "t", "options": {"exchange": "elsewhere", "routing_key": "k"}}));
+        let err = OutgoingMessage::signature(
+            SignatureCall {
+                signature: &s,
+                ..call
+            },
+            "g",
+            Utc::now(),
+        );
+        assert_eq!(err.unwrap_err().reason(), "unsupported_canvas");
+        for bad in [json!(-1), json!(1e12), json!("soon")] {
+            let s = sig(json!({"task": "t", "options": {"countdown": bad}}));
+            let call = SignatureCall {
+                signature: &s,
+                ..call
+            };
+            assert!(OutgoingMessage::signature(call, "g", Utc::now()).is_err());
+        }
     }
 
     #[test]

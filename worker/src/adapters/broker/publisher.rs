@@ -62,6 +62,11 @@ impl Publisher {
         }
     }
 
+    /// `gen<pid>@<host>`: the `origin` header of the tasks this publisher creates.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// Publish a new Celery task to `queue`, declaring the queue as Celery does on first use.
     pub(crate) async fn send_task(
         &self,

@@ -3,6 +3,7 @@
 //! `ResultWriter` writes final results, through the undelivered-results queue in RabbitMQ
 //! while Redis does not take them, and the `undelivered` drainer brings them to Redis.
 
+pub(crate) mod chord;
 mod store;
 pub(crate) mod undelivered;
 mod writer;

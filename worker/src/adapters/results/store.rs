@@ -84,6 +84,16 @@ impl ResultStore {
         format!("{}celery-task-meta-{task_id}", self.prefix)
     }
 
+    /// Celery's `global_keyprefix` (`RESULT_KEY_PREFIX`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Seconds a result is kept (`RESULT_EXPIRES`).
+    pub fn expires(&self) -> u64 {
+        self.expires
+    }
+
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }

@@ -60,6 +60,16 @@ impl ResultWriter {
         &self.store
     }
 
+    /// The stored document as raw JSON (None while PENDING), within [`WRITE_DEADLINE`]; used
+    /// only for redelivered messages, so first deliveries pay nothing.
+    pub(crate) async fn stored(&self, task_id: &str) -> Result<Option<serde_json::Value>, String> {
+        match tokio::time::timeout(WRITE_DEADLINE, self.store.get_raw(task_id)).await {
+            Ok(Ok(doc)) => Ok(doc),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("Redis did not answer within {WRITE_DEADLINE:?}")),
+        }
+    }
+
     pub(crate) fn queue(&self) -> &str {
         &self.queue
     }

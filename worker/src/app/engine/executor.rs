@@ -1,9 +1,12 @@
 //! What happens to one delivery, start to finish.
 //!
-//! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> skip
-//! if expired or revoked (REVOKED) -> if its eta is far, park it in RabbitMQ's delay topology
-//! (near: wait, then check expiry and revoke again) -> run within its
-//! time limits, writing STARTED alongside -> SUCCESS, RETRY (republished) or FAILURE -> ack. The
+//! decode (dead-letter if unreadable) -> look the task up (NotRegistered + dead-letter) -> check
+//! its canvas (refuse what we cannot honour, see [`canvas`]) -> on a redelivery, skip it if its
+//! SUCCESS is stored -> skip if expired or revoked (REVOKED) -> if its eta is far, park it in
+//! RabbitMQ's delay topology (near: wait, then check expiry and revoke again) -> run within its
+//! time limits, writing STARTED alongside -> send callbacks and the next chain step, then
+//! SUCCESS; RETRY (republished); or FAILURE, then the chain's later links and the errbacks -> a
+//! chord part records itself -> ack. The
 //! ack comes last, after the outcome is recorded: a crash anywhere before it means RabbitMQ
 //! redelivers the message (at-least-once), and a stored SUCCESS is never overwritten by the
 //! rerun's STARTED.
@@ -30,6 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::canvas::{self, CanvasRunner};
 use super::inflight::Inflight;
 use super::requeues::{self, MessageKey, Requeues};
 use super::retry::{self, Decision};
@@ -46,7 +50,9 @@ use crate::wire::delivery::{self, Delivered};
 use crate::wire::message::Limits;
 use crate::wire::outgoing::MAX_DELAY;
 use crate::wire::result::Origin;
-use crate::wire::{DecodeFailure, OutgoingMessage, Properties, ResultMeta, TaskError, TaskMessage};
+use crate::wire::{
+    DecodeFailure, OutgoingMessage, Properties, ResultMeta, State, TaskError, TaskMessage,
+};
 
 /// How tasks are run and results written.
 #[derive(Debug, Clone)]
@@ -56,6 +62,8 @@ pub(crate) struct ExecutorSettings {
     /// STARTED waits this long into the run; a job that finishes sooner never gets one.
     pub started_after: Duration,
     pub result_extended: bool,
+    /// Skip a redelivered message whose SUCCESS is stored (see [`canvas`]).
+    pub deduplicate_successful_tasks: bool,
     pub limits: Limits,
     /// Bytes of message bodies processed at once (at least one largest message).
     pub inflight_bytes: usize,
@@ -79,6 +87,8 @@ pub(crate) struct Executor {
     inflight: Arc<Inflight>,
     /// Revoked ids: checked before every run.
     revoked: Arc<Revoked>,
+    /// Callbacks, chains and errbacks (see [`canvas`]).
+    canvas: CanvasRunner,
 }
 
 /// How a delivery is settled with the broker.
@@ -112,7 +122,13 @@ impl Executor {
         settings: ExecutorSettings,
     ) -> Self {
         let budget = settings.inflight_bytes.max(settings.limits.max_body_bytes);
+        let canvas = CanvasRunner::new(
+            Arc::clone(&publisher),
+            Arc::clone(&results),
+            registry.routes(),
+        );
         Self {
+            canvas,
             registry,
             results,
             publisher,
@@ -241,7 +257,37 @@ impl Executor {
                 .await;
         };
 
-        if let Some(settle) = self.skipped(&message, origin).await {
+        // The whole canvas is checked before anything runs: refused, it is never half-run.
+        let canvas = match self.canvas.prepare(&message).await {
+            Ok(canvas) => canvas,
+            Err(e) => {
+                error!(error = %e, "refusing a task whose canvas this worker cannot honour; moving it to {queue}.dead");
+                let err = canvas::refusal(&e);
+                let settle = self
+                    .dead_letter_then_fail(queue, delivery, e.reason(), &err, Some(origin))
+                    .await;
+                if matches!(settle, Settle::Ack) && record_of(&message) {
+                    self.canvas
+                        .fail_refused(&message, &err, self.settings.result_extended)
+                        .await;
+                }
+                return settle;
+            }
+        };
+        // Only a redelivery can find its own SUCCESS stored; first deliveries skip the read.
+        if delivery.redelivered
+            && self.settings.deduplicate_successful_tasks
+            && let Some(done) = self.canvas.already_succeeded(&message, &canvas).await
+        {
+            return match done {
+                Ok(()) => Settle::Ack,
+                Err(e) => Settle::Requeue {
+                    problem: format!("sending the canvas of a task that already succeeded: {e}"),
+                },
+            };
+        }
+
+        if let Some(settle) = self.skipped(&message, &canvas, origin).await {
             return settle;
         }
         let held = self.inflight.enter(
@@ -275,12 +321,12 @@ impl Executor {
                 () = held.abort().cancelled() => {}
             }
             // An expiry or a revoke can fall while the eta was waited for: Celery checks again.
-            if let Some(settle) = self.skipped(&message, origin).await {
+            if let Some(settle) = self.skipped(&message, &canvas, origin).await {
                 return settle;
             }
         }
 
-        let record = !message.ignore_result;
+        let record = record_of(&message);
         let track = record && self.settings.track_started;
         // `started_after` of 0 means Celery's own order: STARTED is stored, then the job runs.
         if track && self.settings.started_after.is_zero() {
@@ -318,18 +364,37 @@ impl Executor {
                         .with_label_values(&[message.task.as_str(), queue])
                         .inc();
                 }
+                // Celery sends them before the SUCCESS is stored, so the result lists them.
+                let children = match self.canvas.on_success(&message, &canvas, &value).await {
+                    Ok(children) => children,
+                    Err(e) => {
+                        warn!(error = %e, "could not send the task's callbacks or chain step; the message goes back to the queue");
+                        return Settle::Requeue {
+                            problem: format!("sending the canvas: {e}"),
+                        };
+                    }
+                };
                 if record {
-                    return self.record(ResultMeta::success(value, origin)).await;
+                    let mut meta = ResultMeta::success(value.clone(), origin);
+                    meta.children = children;
+                    if let Settle::Requeue { problem } = self.record(meta).await {
+                        return Settle::Requeue { problem };
+                    }
                 }
-                Settle::Ack
+                self.chord_part(&message, &canvas, State::Success, value)
+                    .await
             }
             // Cancelled by `revoke(terminate=True)`: Celery stores TaskRevokedError('terminated').
             Err(err) if held.abort().is_cancelled() => {
                 info!("task terminated by a remote revoke; storing REVOKED");
-                if record {
-                    return self.record(ResultMeta::revoked(&err, origin)).await;
+                if record
+                    && let Settle::Requeue { problem } =
+                        self.record(ResultMeta::revoked(&err, origin)).await
+                {
+                    return Settle::Requeue { problem };
                 }
-                Settle::Ack
+                self.chord_part(&message, &canvas, State::Revoked, err.to_result_json())
+                    .await
             }
             Err(err) => match retry::decide(&err, message.retries, job.max_retries()) {
                 Decision::Retry { countdown } => {
@@ -340,10 +405,31 @@ impl Executor {
                         .tasks_failed
                         .with_label_values(&[message.task.as_str(), queue])
                         .inc();
-                    if record {
-                        return self.record(ResultMeta::failure(&err, origin)).await;
+                    if record
+                        && let Settle::Requeue { problem } =
+                            self.record(ResultMeta::failure(&err, origin)).await
+                    {
+                        return Settle::Requeue { problem };
                     }
-                    Settle::Ack
+                    let chord =
+                        self.chord_part(&message, &canvas, State::Failure, err.to_result_json());
+                    if let Settle::Requeue { problem } = chord.await {
+                        return Settle::Requeue { problem };
+                    }
+                    let extended = self.settings.result_extended;
+                    match self
+                        .canvas
+                        .on_failure(&message, &canvas, &err, extended, record)
+                        .await
+                    {
+                        Ok(()) => Settle::Ack,
+                        Err(e) => {
+                            warn!(error = %e, "could not send the task's errbacks; the message goes back to the queue");
+                            Settle::Requeue {
+                                problem: format!("sending the errbacks: {e}"),
+                            }
+                        }
+                    }
                 }
             },
         }
@@ -577,27 +663,57 @@ impl Executor {
         }
     }
 
-    /// How to settle a task that must not run: its expiry has passed, or its id was revoked
-    /// (Celery's `Request.revoked`); REVOKED is stored. None when it may run.
-    async fn skipped(&self, message: &TaskMessage, origin: Origin<'_>) -> Option<Settle> {
-        if let Some(expires) = message.expires
-            && Utc::now() > expires
+    /// A chord header part's outcome is stored: record it in the chord (see [`canvas`]).
+    async fn chord_part(
+        &self,
+        message: &TaskMessage,
+        canvas: &crate::wire::canvas::Canvas,
+        state: State,
+        result: Value,
+    ) -> Settle {
+        match self
+            .canvas
+            .chord_part(message, canvas, state, &result)
+            .await
         {
-            info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
-            return Some(
-                self.record(ResultMeta::revoked(&TaskError::expired(), origin))
-                    .await,
-            );
+            Ok(()) => Settle::Ack,
+            Err(e) => {
+                warn!(error = %e, "could not record the chord part; the message goes back to the queue");
+                Settle::Requeue {
+                    problem: format!("recording the chord part: {e}"),
+                }
+            }
         }
-        if !self.revoked.contains(&message.id, Utc::now()) {
-            return None;
-        }
-        info!("Discarding revoked task: {}[{}]", message.task, message.id);
-        if message.ignore_result {
-            return Some(Settle::Ack);
+    }
+
+    /// How to settle a task that must not run: its expiry has passed, or its id was revoked
+    /// (Celery's `Request.revoked`). REVOKED is stored (for a revoke, unless the task ignores
+    /// its result, as Celery does) and a chord part records itself as revoked. None: it may run.
+    async fn skipped(
+        &self,
+        message: &TaskMessage,
+        canvas: &crate::wire::canvas::Canvas,
+        origin: Origin<'_>,
+    ) -> Option<Settle> {
+        let (err, store) = match message.expires {
+            Some(expires) if Utc::now() > expires => {
+                info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
+                (TaskError::expired(), true)
+            }
+            _ if self.revoked.contains(&message.id, Utc::now()) => {
+                info!("Discarding revoked task: {}[{}]", message.task, message.id);
+                (TaskError::revoked("revoked"), !message.ignore_result)
+            }
+            _ => return None,
+        };
+        if store
+            && let Settle::Requeue { problem } =
+                self.record(ResultMeta::revoked(&err, origin)).await
+        {
+            return Some(Settle::Requeue { problem });
         }
         Some(
-            self.record(ResultMeta::revoked(&TaskError::revoked("revoked"), origin))
+            self.chord_part(message, canvas, State::Revoked, err.to_result_json())
                 .await,
         )
     }
@@ -619,6 +735,11 @@ impl Executor {
         self.dead_letter_then_fail(queue, delivery, reason, err, origin)
             .await
     }
+}
+
+/// Whether the task's outcome is stored (Celery's `ignore_result`).
+fn record_of(message: &TaskMessage) -> bool {
+    !message.ignore_result
 }
 
 /// Whether a job's result lists per-row errors (`{"errors": [...]}`, StaffProBot's reports): the

@@ -5,6 +5,7 @@
 //! limits are tower layers on the worker (a concurrency limit equal to the prefetch), not code
 //! inside jobs.
 
+mod canvas;
 mod executor;
 pub(crate) mod inflight;
 mod requeues;
