@@ -52,6 +52,23 @@ async fn zcard(key: &str) -> u64 {
     redis().await.zcard(key).await.unwrap()
 }
 
+/// `(ready, unacked)` of `queue` once both are 0, or as last seen after 1.5 s: acks are
+/// batched, so a log line can come a moment before its ack reaches RabbitMQ.
+async fn settled_counts(queue: &str) -> (u64, u64) {
+    let mut counts = (u64::MAX, u64::MAX);
+    for _ in 0..15 {
+        let q = queue.to_owned();
+        counts = tokio::task::spawn_blocking(move || unacked(&q))
+            .await
+            .unwrap();
+        if counts == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    counts
+}
+
 /// Messages ready in `queue` (0 when it does not exist).
 async fn ready(queue: &str) -> u32 {
     let (_c, channel) = amqp().await;
@@ -70,10 +87,7 @@ async fn countdown_through_the_delay_topology_runs_on_time() {
     send(&queue, &t).await;
     // Parked in RabbitMQ's delay topology: acked, neither held nor in Redis.
     worker.wait_for_log("parked in the delay topology", Duration::from_secs(5));
-    let q = queue.clone();
-    let counts = tokio::task::spawn_blocking(move || unacked(&q))
-        .await
-        .unwrap();
+    let counts = settled_counts(&queue).await;
     assert_eq!(counts, (0, 0), "(ready, unacked) while waiting for the eta");
     assert_eq!(zcard(&format!("{prefix}delayed")).await, 0);
     let r = wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(10))
@@ -102,10 +116,7 @@ async fn long_countdown_survives_restarts_and_is_not_held_unacked() {
     send(&queue, &soon).await;
 
     first.wait_for_log_count("parked in the delay topology", 2, Duration::from_secs(5));
-    let q = queue.clone();
-    let counts = tokio::task::spawn_blocking(move || unacked(&q))
-        .await
-        .unwrap();
+    let counts = settled_counts(&queue).await;
     assert_eq!(
         counts,
         (0, 0),
