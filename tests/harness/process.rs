@@ -48,6 +48,9 @@ impl WorkerProcess {
             .env("WORKER_HTTP_ADDR", "127.0.0.1:0")
             .env("WORKER_READY_FILE", &ready_file)
             .env("WORKER_DIAGNOSTIC_TASKS", "true")
+            // Tests run in parallel on one broker: each worker is its own remote-control node
+            // (the default `celery@<host>` would be shared, and its pidbox queue is exclusive).
+            .env("WORKER_HOSTNAME", format!("{name}@test"))
             // The shipped schedules would publish StaffProBot ticks to the real queues.
             .env("WORKER_NO_SCHEDULER", "true")
             // The tests' own large stacks (.cargo/config.toml) must not hide the worker's.

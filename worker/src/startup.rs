@@ -347,12 +347,16 @@ impl Worker {
                 };
                 background.push(tokio::spawn(drainer.run(shutdown.clone())));
                 let (panel, names) = engine.control;
-                background.push(tokio::spawn(mailbox::run(
-                    engine.rabbitmq_url.clone(),
-                    names,
-                    panel,
-                    shutdown.clone(),
-                )));
+                let mailbox =
+                    mailbox::run(engine.rabbitmq_url.clone(), names, panel, shutdown.clone());
+                // Once the consumer is connected: while RabbitMQ cannot be reached at startup,
+                // the consumer's retry lines say so, once per attempt, and the mailbox adds none.
+                let mut mailbox_after = consuming.subscribe();
+                background.push(tokio::spawn(async move {
+                    if mailbox_after.wait_for(|c| *c).await.is_ok() {
+                        mailbox.await;
+                    }
+                }));
                 let mut consuming_rx = consuming.subscribe();
                 // Once consuming (the delay topology and our bindings are declared by then).
                 let migration = delay::migrate::run(
