@@ -191,6 +191,79 @@ async fn a_redelivered_task_that_already_succeeded_runs_once_and_sends_its_callb
     }
 }
 
+/// The real fault: the worker is SIGKILLed the moment its SUCCESS reaches Redis, before the
+/// ack. A `worker.sleep` delivered first holds the lowest delivery tag, so the echo's ack waits
+/// its batching delay (20 ms) while the test, told by the result's PUBLISH, kills the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_between_store_and_ack_runs_the_task_once_and_its_callback_once() {
+    let queue = unique("dedup-kill");
+    let parked = format!("{queue}-parked");
+    let task = echo_with_callback(&parked);
+    let blocker = OutgoingTask::new("worker.sleep", vec![json!(5)], Map::new());
+    let mut first = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    declare(&parked).await;
+
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("celery-task-meta-{}", task.id))
+        .await
+        .unwrap();
+    let (_conn, channel) = amqp().await;
+    publish_task(&channel, &queue, &blocker).await;
+    first.wait_for_log("worker.sleep", Duration::from_secs(10));
+    publish_task(&channel, &queue, &task).await;
+    let mut messages = pubsub.on_message();
+    loop {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(15),
+            futures::StreamExt::next(&mut messages),
+        )
+        .await
+        .expect("the result was published")
+        .expect("pubsub open");
+        let doc: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        if doc["status"] == "SUCCESS" {
+            break;
+        }
+    }
+    first.child.kill().expect("SIGKILL");
+    let _ = first.child.wait();
+    drop(messages);
+    assert_eq!(
+        message_count(&channel, &parked).await,
+        1,
+        "the callback was sent before SUCCESS was stored"
+    );
+
+    let second = WorkerProcess::start(std::slice::from_ref(&queue), &[]);
+    second.wait_for_log("already succeeded", Duration::from_secs(15));
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            message_count(&channel, &queue).await == 0
+        })
+        .await,
+        "the redelivered messages were not settled:\n{}",
+        second.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        message_count(&channel, &parked).await,
+        1,
+        "the callback was sent again"
+    );
+    // The second worker ran the blocker again (it never finished) but not the echo.
+    let echo_runs = second
+        .logs()
+        .lines()
+        .filter(|l| l.contains("task finished") && l.contains(task.id.as_str()))
+        .count();
+    assert_eq!(echo_runs, 0, "the task ran again:\n{}", second.logs());
+    for q in [&queue, &parked] {
+        delete_queue(&channel, q).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_success_stored_without_children_sends_its_callback_with_the_stored_result() {
     let queue = unique("dedup-nochild");
