@@ -209,6 +209,13 @@ impl Worker {
                 };
                 (registry, Some(pool), Some(engine))
             }
+            // The scheduler alone still needs PostgreSQL: its claims and last runs live there.
+            None if settings.schedules.is_some() => {
+                let database_url = conn.database_url_for_sqlx();
+                let pool = postgres::lazy_pool(&database_url, 2)?;
+                postgres::probe_at_startup(&pool, &database_url).await;
+                (catalogue(), Some(pool), None)
+            }
             None => (catalogue(), None, None),
         };
 
@@ -216,6 +223,8 @@ impl Worker {
             Some(_) => BrokerProbe::Consumer(consuming_rx),
             None => BrokerProbe::Publisher(Arc::clone(&publisher)),
         };
+        // The scheduler shares the pool `/readyz` probes (the jobs' pool under `worker run`).
+        let scheduler_pool = postgres.clone();
         let dependencies = Arc::new(Dependencies {
             broker,
             redis: redis.clone(),
@@ -225,19 +234,21 @@ impl Worker {
             results_waiting: engine.as_ref().map(|e| Arc::clone(&e.results_waiting)),
         });
 
-        let scheduler = match &settings.schedules {
-            Some(path) => {
+        let scheduler = match (&settings.schedules, scheduler_pool) {
+            (Some(path), Some(pool)) => {
                 let ticks: Arc<dyn TickPublisher> = Arc::clone(&publisher) as _;
                 Some(SchedulerService::prepare(
                     path,
                     conn.default_timezone,
                     &conn.key_prefix,
                     registry.routes(),
+                    pool,
                     redis.clone(),
                     ticks,
                 )?)
             }
-            None => None,
+            // A pool exists whenever schedules do (see above).
+            _ => None,
         };
 
         let http = if settings.service.no_http {
@@ -440,12 +451,12 @@ impl Worker {
 }
 
 /// Every URL the service will connect to parses as its client will parse it, before anything
-/// connects: DATABASE_URL only where jobs run.
+/// connects: DATABASE_URL only where jobs or the scheduler run.
 fn check_urls(settings: &Settings) -> Result<(), StartupError> {
     let conn = &settings.connections;
     connection::parse_url(&conn.rabbitmq_url)?;
     redis_conn::check_url(&conn.redis_url_with_db())?;
-    if settings.consume.is_some() {
+    if settings.consume.is_some() || settings.schedules.is_some() {
         postgres::check_url(&conn.database_url_for_sqlx())?;
     }
     Ok(())

@@ -12,6 +12,7 @@ use chrono::Utc;
 use chrono_tz::Tz;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -21,6 +22,7 @@ use crate::metrics::METRICS;
 /// A validated scheduler, ready to run.
 pub(crate) struct SchedulerService {
     settings: SchedulerSettings,
+    postgres: PgPool,
     redis: ConnectionManager,
     publisher: Arc<dyn TickPublisher>,
 }
@@ -33,6 +35,7 @@ impl SchedulerService {
         default_timezone: Tz,
         key_prefix: &str,
         known_tasks: HashMap<String, String>,
+        postgres: PgPool,
         redis: ConnectionManager,
         publisher: Arc<dyn TickPublisher>,
     ) -> Result<Self, ScheduleFileError> {
@@ -45,6 +48,7 @@ impl SchedulerService {
         settings.key_prefix = key_prefix.to_owned();
         Ok(Self {
             settings,
+            postgres,
             redis,
             publisher,
         })
@@ -57,13 +61,14 @@ impl SchedulerService {
             default_timezone: self.settings.default_timezone,
             key_prefix: self.settings.key_prefix.clone(),
             known_tasks: self.settings.known_tasks.clone(),
+            postgres: self.postgres.clone(),
             redis: self.redis.clone(),
         }
     }
 
     /// Run until `stop`.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        if let Err(e) = super::run(self.settings, self.redis, self.publisher, stop).await {
+        if let Err(e) = super::run(self.settings, self.postgres, self.publisher, stop).await {
             error!(error = %e, "the scheduler stopped");
         }
     }
@@ -76,6 +81,7 @@ pub(crate) struct StatusReporter {
     default_timezone: Tz,
     key_prefix: String,
     known_tasks: HashMap<String, String>,
+    postgres: PgPool,
     redis: ConnectionManager,
 }
 
@@ -87,7 +93,15 @@ impl StatusReporter {
             Err(e) => return json!({"error": e.to_string()}),
         };
         let mut redis = self.redis.clone();
-        match status(&schedules, &mut redis, &self.key_prefix, Utc::now()).await {
+        match status(
+            &schedules,
+            &self.postgres,
+            &mut redis,
+            &self.key_prefix,
+            Utc::now(),
+        )
+        .await
+        {
             Ok(status) => {
                 for s in &status {
                     if let Some(next) = s.next.first() {
@@ -105,7 +119,7 @@ impl StatusReporter {
                 }
                 serde_json::to_value(status).unwrap_or(Value::Null)
             }
-            Err(e) => json!({"error": format!("Redis: {e}")}),
+            Err(e) => json!({"error": e.to_string()}),
         }
     }
 }
