@@ -20,7 +20,9 @@
 //!   A failed publish releases the claim and a dead claimer's lease runs out, so no tick is lost
 //!   and no failover wait exists (RedBeat's leader lock can take 25 minutes). See `store`.
 //! * **Missed ticks.** `catch_up = "latest"` publishes the most recent missed tick once, within
-//!   `catch_up_window`; `"skip"` publishes none; never a burst (see `decide`).
+//!   `catch_up_window`; `"skip"` publishes none; never a burst (see `decide`). A schedule that
+//!   has never run fires no past tick unless it says `on_first_start = "catch_up"`: then the
+//!   latest tick inside `catch_up_window` is published once, across replicas.
 //! * **DST.** Crontab fields match wall-clock time in the schedule's timezone; a repeated local
 //!   time fires once (first occurrence), a skipped one fires once at the end of the gap. The
 //!   `cron` crate's own timezone iteration does neither, so this module maps wall-clock
@@ -60,7 +62,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use file::{ScheduleFileError, check_file, parse_schedules};
-pub use schedule::{CatchUp, Schedule, Timing};
+pub use schedule::{CatchUp, FirstStart, Schedule, Timing};
 pub use status::{ScheduleStatus, StatusError, describe, status};
 
 /// Errors a publisher may return; the scheduler only logs them and retries.

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::duration::format_duration;
-use super::schedule::{CatchUp, Schedule, Timing};
+use super::schedule::{CatchUp, FirstStart, Schedule, Timing};
 use super::store::read_last_run;
 
 /// How many upcoming fire times a listing shows.
@@ -33,6 +33,7 @@ pub struct ScheduleStatus {
     pub enabled: bool,
     pub catch_up: CatchUp,
     pub catch_up_window: String,
+    pub on_first_start: FirstStart,
     /// The next fire times (empty for a disabled schedule).
     pub next: Vec<FireTime>,
     pub last_run: Option<LastRunStatus>,
@@ -115,6 +116,7 @@ pub fn describe(schedule: &Schedule, now: DateTime<Utc>) -> ScheduleStatus {
         enabled: schedule.enabled,
         catch_up: schedule.catch_up,
         catch_up_window: format_duration(schedule.catch_up_window),
+        on_first_start: schedule.on_first_start,
         next,
         last_run: None,
     }
