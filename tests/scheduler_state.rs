@@ -7,6 +7,8 @@
 //! * `on_first_start = "catch_up"`: the first start of a schedule that has never run publishes
 //!   the latest tick inside `catch_up_window` once, with two replicas starting together and a
 //!   third starting afterwards.
+//! * An upgrade from the release that kept the state in Redis imports each last run, so
+//!   catch-up knows the history and `on_first_start` does not repeat a tick that already ran.
 
 mod harness;
 
@@ -210,6 +212,106 @@ async fn ticks_stay_exactly_once_when_redis_loses_every_key() {
     );
     assert!(flushes >= 20, "the fault was injected ({flushes} flushes)");
     assert!(alive, "both schedulers ran to the end\n{logs:#?}");
+
+    let _ = std::fs::remove_file(&file);
+    clean_redis(&prefix).await;
+    delete_queue(&channel, &queue).await;
+}
+
+/// Records a last run the way the previous release did: a Redis hash per schedule.
+async fn seed_legacy_last_run(prefix: &str, name: &str, tick: DateTime<Utc>, task_id: &str) {
+    let mut conn = harness::redis().await;
+    let _: i64 = redis::cmd("HSET")
+        .arg(format!("{prefix}schedule:{name}"))
+        .arg("last_tick")
+        .arg(tick.to_rfc3339())
+        .arg("last_tick_unix")
+        .arg(tick.timestamp())
+        .arg("task_id")
+        .arg(task_id)
+        .arg("published_at")
+        .arg(tick.to_rfc3339())
+        .arg("task")
+        .arg("tests.plan")
+        .arg("queue")
+        .arg("q")
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_imports_the_last_runs_the_previous_release_kept_in_redis() {
+    let prefix = format!("{}:", unique("upgrade"));
+    let queue = unique("upgrade-q");
+    let due = (Utc::now() - TimeDelta::minutes(30))
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .expect("valid time");
+    // "ran": the previous release already published today's tick; on_first_start must not
+    // fire it again. "behind": it last ran yesterday; with that history, today's missed tick is
+    // caught up (without it, a first start would skip it).
+    let ran_id = uuid::Uuid::new_v4().to_string();
+    seed_legacy_last_run(&prefix, "ran", due, &ran_id).await;
+    seed_legacy_last_run(
+        &prefix,
+        "behind",
+        due - TimeDelta::days(1),
+        &uuid::Uuid::new_v4().to_string(),
+    )
+    .await;
+    let entry = |name: &str, first_start: &str| {
+        format!(
+            "[[schedule]]\nname = \"{name}\"\ntask = \"tests.plan\"\nqueue = \"{queue}\"\ncron = \"{} {} * * *\"\ntimezone = \"UTC\"\ncatch_up_window = \"2h\"\non_first_start = \"{first_start}\"\n",
+            due.minute(),
+            due.hour()
+        )
+    };
+    let file = std::env::temp_dir().join(format!("{queue}.toml"));
+    std::fs::write(
+        &file,
+        format!("{}{}", entry("ran", "catch_up"), entry("behind", "skip")),
+    )
+    .expect("write schedules");
+    let path = file.to_string_lossy().into_owned();
+    let (_connection, channel) = amqp().await;
+    worker::topology::declare_celery_queue(&channel, &queue)
+        .await
+        .expect("declare the queue");
+    scheduler_pool().await.close().await;
+
+    let scheduler = WorkerProcess::spawn(
+        &["scheduler"],
+        &[
+            ("DATABASE_URL", SCHEDULER_DATABASE_URL),
+            ("SCHEDULES_FILE", path.as_str()),
+            ("WORKER_KEY_PREFIX", prefix.as_str()),
+        ],
+    );
+    let caught_up = wait_for_tick(&prefix, "behind", Some(due), Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = scheduler.logs();
+    drop(scheduler);
+
+    assert_eq!(caught_up, Some(due), "{logs}");
+    assert_eq!(last_tick(&prefix, "ran").await, Some(due), "{logs}");
+    assert_eq!(
+        state(&prefix, "ran").await.get("task_id"),
+        Some(&ran_id),
+        "the imported run is the previous release's: {logs}"
+    );
+    let messages = harness::drain(&channel, &queue).await;
+    let schedules: Vec<String> = messages
+        .iter()
+        .map(|(headers, _)| {
+            headers
+                .get("schedule")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(schedules, ["behind"], "{logs}");
 
     let _ = std::fs::remove_file(&file);
     clean_redis(&prefix).await;

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use chrono_tz::Tz;
@@ -16,7 +17,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{ScheduleFileError, SchedulerSettings, TickPublisher, check_file, status};
+use super::{ScheduleFileError, SchedulerSettings, TickPublisher, check_file, status, store};
 use crate::metrics::METRICS;
 
 /// A validated scheduler, ready to run.
@@ -68,9 +69,74 @@ impl SchedulerService {
 
     /// Run until `stop`.
     pub(crate) async fn run(self, stop: CancellationToken) {
+        if !self.import_legacy_state(&stop).await {
+            return;
+        }
         if let Err(e) = super::run(self.settings, self.postgres, self.publisher, stop).await {
             error!(error = %e, "the scheduler stopped");
         }
+    }
+}
+
+impl SchedulerService {
+    /// Copies the last runs the previous release kept in Redis into PostgreSQL, before any
+    /// schedule loop reads its history (see `store::import_legacy_last_run`). PostgreSQL is
+    /// waited for, as the loops would wait; Redis errors only skip the import. Returns false
+    /// when stopped first.
+    async fn import_legacy_state(&self, stop: &CancellationToken) -> bool {
+        let Ok((schedules, _)) = check_file(
+            &self.settings.path,
+            self.settings.default_timezone,
+            &self.settings.known_tasks,
+        ) else {
+            // The scheduler itself reports the file.
+            return true;
+        };
+        let prefix = &self.settings.key_prefix;
+        let mut redis = self.redis.clone();
+        let mut failures: u32 = 0;
+        'retry: loop {
+            if let Err(e) = store::ensure_table(&self.postgres).await {
+                failures = failures.saturating_add(1);
+                warn!(error = %e, "cannot prepare the scheduler's table in PostgreSQL; retrying");
+                if !pause(stop, failures).await {
+                    return false;
+                }
+                continue;
+            }
+            for schedule in &schedules {
+                let name = schedule.name.as_str();
+                match store::import_legacy_last_run(&mut redis, &self.postgres, prefix, name).await
+                {
+                    Ok(Some(tick)) => {
+                        info!(schedule = name, tick = %tick, "last run imported from Redis into PostgreSQL")
+                    }
+                    Ok(None) => {}
+                    Err(store::ImportError::Redis(e)) => {
+                        warn!(schedule = name, error = %e, "cannot read the previous release's schedule state from Redis; not imported");
+                    }
+                    Err(store::ImportError::Postgres(e)) => {
+                        failures = failures.saturating_add(1);
+                        warn!(schedule = name, error = %e, "cannot import schedule state into PostgreSQL; retrying");
+                        if !pause(stop, failures).await {
+                            return false;
+                        }
+                        continue 'retry;
+                    }
+                }
+            }
+            return true;
+        }
+    }
+}
+
+/// Waits 1, 2, 4 .. 30 s, unless stopped first (then false).
+async fn pause(stop: &CancellationToken, failures: u32) -> bool {
+    let wait =
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30));
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
     }
 }
 

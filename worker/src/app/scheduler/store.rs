@@ -231,3 +231,66 @@ pub(crate) async fn read_last_run(
         Err(err) => Err(err),
     }
 }
+
+/// The Redis hash where the previous release kept a schedule's last run.
+pub(crate) fn legacy_state_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}schedule:{name}")
+}
+
+/// Upgrade path: the previous release kept each schedule's last run in the Redis hash
+/// [`legacy_state_key`]. If PostgreSQL has no run on record for `name`, that run is copied
+/// over, so catch-up after the upgrade knows it (and `on_first_start` does not fire a tick that
+/// already ran). Returns the tick imported, if any. The hash is left in place (a rollback
+/// still finds it); a malformed or missing hash imports nothing.
+pub(crate) async fn import_legacy_last_run<C: redis::aio::ConnectionLike + Send>(
+    redis: &mut C,
+    pool: &PgPool,
+    key_prefix: &str,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, ImportError> {
+    if read_last_run(pool, key_prefix, name).await?.is_some() {
+        return Ok(None);
+    }
+    // HMGET, not HGETALL: a hash grown by someone else costs nothing.
+    let [tick, task_id, published_at, task, queue]: [Option<String>; 5] = redis::cmd("HMGET")
+        .arg(legacy_state_key(key_prefix, name))
+        .arg(&["last_tick", "task_id", "published_at", "task", "queue"])
+        .query_async(redis)
+        .await?;
+    let parse = |text: Option<String>| {
+        text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|at| at.with_timezone(&Utc))
+    };
+    // Task ids are UUIDs; anything long is not one of ours.
+    let task_id = task_id.filter(|id| !id.is_empty() && id.len() <= 64);
+    let (Some(tick), Some(task_id), Some(published_at)) =
+        (parse(tick), task_id, parse(published_at))
+    else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "INSERT INTO worker_schedule_ticks
+           (key_prefix, schedule, tick, task_id, published_at, task, queue)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (key_prefix, schedule, tick) DO NOTHING",
+    )
+    .bind(key_prefix)
+    .bind(name)
+    .bind(tick)
+    .bind(task_id)
+    .bind(published_at)
+    .bind(task.filter(|t| t.len() <= 256))
+    .bind(queue.filter(|q| q.len() <= 256))
+    .execute(pool)
+    .await?;
+    Ok(Some(tick))
+}
+
+/// Why the previous release's state could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ImportError {
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
