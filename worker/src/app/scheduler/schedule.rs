@@ -1,7 +1,7 @@
 //! One schedule and when it fires: the fire-time arithmetic, including daylight-saving time.
 //!
 //! Fire times are pure functions of the schedule and an instant, so every replica computes the
-//! same ticks — that is what lets a per-tick Redis key de-duplicate them.
+//! same ticks — that is what lets a per-tick claim de-duplicate them.
 //!
 //! * `cron` schedules are matched against wall-clock time in the schedule's timezone. The `cron`
 //!   crate is asked for candidate wall-clock times only (evaluated in UTC, which has no gaps or

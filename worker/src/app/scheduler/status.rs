@@ -2,8 +2,8 @@
 //! with the state of that run's result.
 //!
 //! The last run comes from the scheduler's table in PostgreSQL (see `store`); the result state
-//! from the Celery result key in Redis `celery-task-meta-<task id>` (a missing key reads as `PENDING`, exactly as Celery's
-//! `AsyncResult.state` does).
+//! from the Celery result key `celery-task-meta-<task id>` in Redis (a missing key reads as
+//! `PENDING`, exactly as Celery's `AsyncResult.state` does).
 
 use std::fmt;
 
