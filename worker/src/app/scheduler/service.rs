@@ -185,7 +185,8 @@ impl StatusReporter {
                 }
                 serde_json::to_value(status).unwrap_or(Value::Null)
             }
-            Err(e) => json!({"error": e.to_string()}),
+            // A server's error text could quote a URL: passwords are masked.
+            Err(e) => json!({"error": crate::settings::redact_text(&e.to_string())}),
         }
     }
 }
