@@ -140,6 +140,12 @@ pub enum SchedulerError {
     File(#[from] ScheduleFileError),
 }
 
+/// Creates the scheduler's table (`worker_schedule_ticks`) if it is missing: `worker migrate`
+/// does it ahead of time; a starting scheduler does it anyway.
+pub(crate) async fn prepare_state(postgres: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    store::ensure_table(postgres).await
+}
+
 /// Runs the scheduler until `shutdown` is cancelled.
 ///
 /// Fails at once if the schedules file is invalid at startup. Afterwards it never fails:
