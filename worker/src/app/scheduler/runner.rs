@@ -115,6 +115,10 @@ pub(crate) async fn run_schedule(
                 let has_history = last_published.is_some() || due > started_at;
                 match decide(&schedule, due, now, has_history, allow_catch_up) {
                     Decision::OnTime => target = Some(due),
+                    Decision::CatchUp if !has_history => {
+                        info!(schedule = name, tick = %due, late_by = %(now - due), "first start: publishing the latest tick inside catch_up_window (on_first_start = \"catch_up\")");
+                        target = Some(due);
+                    }
                     Decision::CatchUp => {
                         info!(schedule = name, tick = %due, late_by = %(now - due), "catching up a missed tick");
                         target = Some(due);
