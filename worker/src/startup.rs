@@ -223,8 +223,14 @@ impl Worker {
             Some(_) => BrokerProbe::Consumer(consuming_rx),
             None => BrokerProbe::Publisher(Arc::clone(&publisher)),
         };
-        // The scheduler shares the pool `/readyz` probes (the jobs' pool under `worker run`).
-        let scheduler_pool = postgres.clone();
+        // The scheduler's claims and last runs live in PostgreSQL. It has a small pool of its
+        // own: jobs holding every connection of theirs must not delay recording a published
+        // tick past its claim's lease (which would let another replica publish it again).
+        let scheduler_pool = match (&settings.schedules, &settings.consume) {
+            (Some(_), Some(_)) => Some(postgres::lazy_pool(&conn.database_url_for_sqlx(), 2)?),
+            (Some(_), None) => postgres.clone(),
+            (None, _) => None,
+        };
         let dependencies = Arc::new(Dependencies {
             broker,
             redis: redis.clone(),
