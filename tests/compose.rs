@@ -35,7 +35,7 @@ const LEFT_TO_THE_WORKER: &[(&str, &str)] = &[
     ),
     (
         "WORKER_NO_SCHEDULER",
-        "every replica runs the scheduler: ticks are claimed per tick in Redis, so none doubles",
+        "every replica runs the scheduler: ticks are claimed per tick in PostgreSQL, so none doubles",
     ),
     (
         "SCHEDULES_FILE",

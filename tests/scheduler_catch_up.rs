@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use harness::scheduler::*;
-use harness::{redis, unique};
+use harness::unique;
 use tokio_util::sync::CancellationToken;
 use worker::scheduler::{SchedulerSettings, TickPublisher, run};
 
@@ -26,12 +26,12 @@ struct Running {
 
 impl Running {
     async fn start(settings: SchedulerSettings, publisher: Arc<dyn TickPublisher>) -> Self {
-        let redis = redis().await;
+        let postgres = scheduler_pool().await;
         let stop = CancellationToken::new();
         let handle = tokio::spawn({
             let stop = stop.clone();
             async move {
-                run(settings, redis, publisher, stop)
+                run(settings, postgres, publisher, stop)
                     .await
                     .expect("scheduler runs");
             }
@@ -159,16 +159,7 @@ async fn a_claim_left_by_a_dead_replica_is_taken_over_after_its_lease() {
     let (prefix, queue, _file, settings, due) = hourly_setup("takeover").await;
     seed_last_tick(&prefix, "job", due - TimeDelta::hours(1)).await;
     // A replica claimed the due tick and died before publishing: its claim has 3 s to live.
-    let mut conn = redis().await;
-    let claim_key = format!("{prefix}schedule:job:tick:{}", due.timestamp());
-    let _: () = redis::cmd("SET")
-        .arg(&claim_key)
-        .arg("claimed:dead-replica")
-        .arg("PX")
-        .arg(3000)
-        .query_async(&mut conn)
-        .await
-        .expect("SET");
+    seed_dead_claim(&prefix, "job", due, Duration::from_secs(3)).await;
 
     let started = Utc::now();
     let replicas = [

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
-use worker::scheduler::{CatchUp, ScheduleFileError, Timing, check_file, parse_schedules};
+use worker::scheduler::{
+    CatchUp, FirstStart, ScheduleFileError, Timing, check_file, parse_schedules,
+};
 
 fn known_tasks() -> HashMap<String, String> {
     [
@@ -113,6 +115,15 @@ fn shipped_file_loads_with_the_four_staffprobot_schedules() {
     assert_eq!(plan.catch_up, CatchUp::Latest);
     assert!(plan.catch_up_window >= TimeDelta::weeks(2));
     assert_eq!(
+        plan.on_first_start,
+        FirstStart::CatchUp,
+        "idempotent: caught up on a cut-over"
+    );
+    assert_eq!(
+        by_name("process-reminders").on_first_start,
+        FirstStart::Skip
+    );
+    assert_eq!(
         plan.upcoming(utc("2026-11-25T10:10:00+03:00"), 2),
         vec![
             utc("2026-12-01T03:00:00+03:00"),
@@ -154,6 +165,7 @@ every = "30m"
     assert!(s.enabled);
     assert_eq!(s.catch_up, CatchUp::Latest);
     assert_eq!(s.catch_up_window, TimeDelta::days(1));
+    assert_eq!(s.on_first_start, FirstStart::Skip);
     assert_eq!(s.expires, None);
     assert_eq!(s.line, 3);
 }
@@ -172,6 +184,7 @@ kwargs = { days = 7, dry_run = false }
 enabled = false
 catch_up = "skip"
 catch_up_window = "2h"
+on_first_start = "catch_up"
 expires = "10m"
 "#;
     let (schedules, warnings) = parse_schedules(
@@ -189,6 +202,7 @@ expires = "10m"
     assert!(!s.enabled);
     assert_eq!(s.catch_up, CatchUp::Skip);
     assert_eq!(s.catch_up_window, TimeDelta::hours(2));
+    assert_eq!(s.on_first_start, FirstStart::CatchUp);
     assert_eq!(s.expires, Some(TimeDelta::minutes(10)));
     // An unknown task is a warning naming the file and the line, not an error.
     assert_eq!(warnings.len(), 1);
@@ -342,6 +356,11 @@ fn bad_values_are_refused_with_their_line() {
             "cron = \"0 3 * * *\"\ncatch_up = \"always\"",
             5,
             "unknown variant `always`",
+        ),
+        (
+            "cron = \"0 3 * * *\"\non_first_start = \"catchup\"",
+            5,
+            "unknown variant `catchup`",
         ),
         (
             "cron = \"0 3 * * *\"\ncatch_up_window = \"soon\"",

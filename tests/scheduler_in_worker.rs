@@ -20,7 +20,10 @@ async fn ticks_run_in_the_worker_and_are_inspectable() {
         ("WORKER_NO_SCHEDULER", "false"),
         ("SCHEDULES_FILE", path.as_str()),
         ("WORKER_KEY_PREFIX", prefix.as_str()),
+        // The scheduler's claims and last runs live in PostgreSQL.
+        ("DATABASE_URL", scheduler::SCHEDULER_DATABASE_URL),
     ];
+    scheduler::scheduler_pool().await.close().await;
     let worker = WorkerProcess::start(std::slice::from_ref(&queue), &env);
     let base = format!("http://{}", worker.http_addr());
 
@@ -61,7 +64,16 @@ async fn ticks_run_in_the_worker_and_are_inspectable() {
 
     let (p, f) = (prefix.clone(), path.clone());
     let out = tokio::task::spawn_blocking(move || {
-        cli(&["schedules", "--json", "--schedules", &f, "--key-prefix", &p])
+        cli(&[
+            "schedules",
+            "--json",
+            "--schedules",
+            &f,
+            "--key-prefix",
+            &p,
+            "--database-url",
+            scheduler::SCHEDULER_DATABASE_URL,
+        ])
     })
     .await
     .unwrap();
@@ -83,19 +95,7 @@ async fn ticks_run_in_the_worker_and_are_inspectable() {
 
     drop(worker);
     let _ = std::fs::remove_file(&file);
-    let mut redis = redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
+    scheduler::clean_redis(&prefix).await;
     let (_c, channel) = amqp().await;
     delete_queue(&channel, &queue).await;
 }
@@ -134,11 +134,13 @@ async fn the_scheduler_alone_serves_health_readiness_and_tick_metrics() {
     let file = std::env::temp_dir().join(format!("{queue}.toml"));
     std::fs::write(&file, format!("[[schedule]]\nname = \"alone-every-second\"\ntask = \"worker.ping\"\nevery = \"1s\"\nqueue = \"{queue}\"\n")).unwrap();
     let path = file.to_string_lossy().into_owned();
+    scheduler::scheduler_pool().await.close().await;
     let scheduler = WorkerProcess::spawn(
         &["scheduler"],
         &[
             ("SCHEDULES_FILE", path.as_str()),
             ("WORKER_KEY_PREFIX", prefix.as_str()),
+            ("DATABASE_URL", scheduler::SCHEDULER_DATABASE_URL),
         ],
     );
     assert_eq!(scheduler.ready["scheduler"], true, "{}", scheduler.ready);
@@ -152,6 +154,8 @@ async fn the_scheduler_alone_serves_health_readiness_and_tick_metrics() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["broker"]["ok"], true, "{body}");
     assert_eq!(body["checks"]["redis"]["ok"], true, "{body}");
+    // The scheduler's state is in PostgreSQL, so readiness checks it.
+    assert_eq!(body["checks"]["postgres"]["ok"], true, "{body}");
 
     let (_c, channel) = amqp().await;
     // Declared first: a passive declare of a missing queue would close the channel.
@@ -184,5 +188,6 @@ async fn the_scheduler_alone_serves_health_readiness_and_tick_metrics() {
 
     drop(scheduler);
     let _ = std::fs::remove_file(&file);
+    scheduler::clean_redis(&prefix).await;
     delete_queue(&channel, &queue).await;
 }

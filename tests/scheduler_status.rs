@@ -1,5 +1,6 @@
 //! `status`: what `worker schedules` lists — next fire times in local time and UTC, and the last
-//! run with its result state read from Celery's result key in real Redis.
+//! run (from the scheduler's table in real PostgreSQL) with its result state read from Celery's
+//! result key in real Redis.
 
 mod harness;
 
@@ -51,6 +52,7 @@ enabled = false
     .expect("valid");
 
     let mut conn = redis().await;
+    let postgres = scheduler_pool().await;
     seed_last_tick(&prefix, "plan", utc("2025-12-01T03:00:00+03:00")).await;
     seed_last_tick(&prefix, "reminders", utc("2026-11-25T09:30:00Z")).await;
     let plan_id = state(&prefix, "plan").await["task_id"].clone();
@@ -67,7 +69,7 @@ enabled = false
         .expect("SET");
 
     let now = utc("2026-11-25T10:10:00Z");
-    let listing = status(&schedules, &mut conn, &prefix, now)
+    let listing = status(&schedules, &postgres, &mut conn, &prefix, now)
         .await
         .expect("status");
 

@@ -291,6 +291,17 @@ fn worker_migrate_creates_a_missing_database() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(rt.block_on(db.exists()));
+    // The scheduler's table is there too.
+    let table: Option<String> = rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let table = sqlx::query_scalar("SELECT to_regclass('worker_schedule_ticks')::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        table
+    });
+    assert_eq!(table.as_deref(), Some("worker_schedule_ticks"));
     // Twice is fine: nothing to create, nothing to apply.
     let again = Command::new(env!("CARGO_BIN_EXE_worker"))
         .arg("migrate")

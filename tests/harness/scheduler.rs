@@ -1,7 +1,9 @@
-//! Helpers for the scheduler's library-level tests: real Redis, real RabbitMQ.
+//! Helpers for the scheduler's library-level tests: real PostgreSQL, Redis and RabbitMQ.
 //!
-//! Each test gets its own Redis key prefix and its own durable queue, so tests can run in
-//! parallel and against a broker that other tests use. The publisher here speaks just enough
+//! The scheduler keeps its claims and last runs in PostgreSQL (table `worker_schedule_ticks`);
+//! the tests share one database, [`SCHEDULER_DATABASE_URL`]. Each test gets its own key prefix
+//! (the table's `key_prefix` column) and its own durable queue, so tests can run in parallel and
+//! against a broker that other tests use. The publisher here speaks just enough
 //! Celery v2 (headers `task`/`id`, body `[args, kwargs, embed]`, publisher confirms) for the
 //! scheduler's tests; it also carries the schedule name and tick time in headers so a test can
 //! check which tick each message belongs to.
@@ -23,7 +25,60 @@ use worker::scheduler::{BoxError, TickMessage, TickPublisher};
 
 use super::{amqp_channel, redis, unique};
 
-/// Deletes every key under `prefix`.
+/// The database the scheduler tests share (created on first use); pass it as DATABASE_URL to a
+/// worker process that runs the scheduler.
+pub const SCHEDULER_DATABASE_URL: &str =
+    "postgresql://postgres@127.0.0.1:5432/worker_scheduler_tests";
+
+/// A pool on [`SCHEDULER_DATABASE_URL`], with the scheduler's table in place.
+pub async fn scheduler_pool() -> sqlx::PgPool {
+    static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    READY
+        .get_or_init(|| async {
+            let admin = sqlx::PgPool::connect(super::db::PG_ADMIN_URL)
+                .await
+                .expect("connect to PostgreSQL");
+            let exists: Option<(i32,)> = sqlx::query_as(
+                "SELECT 1 FROM pg_database WHERE datname = 'worker_scheduler_tests'",
+            )
+            .fetch_optional(&admin)
+            .await
+            .expect("look up the database");
+            if exists.is_none() {
+                // Another test binary may create it at the same moment: duplicate is fine.
+                let _ = sqlx::query("CREATE DATABASE worker_scheduler_tests")
+                    .execute(&admin)
+                    .await;
+            }
+            admin.close().await;
+        })
+        .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(SCHEDULER_DATABASE_URL)
+        .await
+        .expect("connect to the scheduler test database");
+    // The same table the scheduler creates at start, so helpers can seed before it runs. Test
+    // binaries start at once: serialise the creation as the scheduler does.
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('worker_schedule_ticks'))")
+        .execute(&mut *tx)
+        .await
+        .expect("advisory lock");
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS worker_schedule_ticks (
+            key_prefix text NOT NULL, schedule text NOT NULL, tick timestamptz NOT NULL,
+            token text, lease_until timestamptz, task_id text, published_at timestamptz,
+            task text, queue text, PRIMARY KEY (key_prefix, schedule, tick))",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("create the scheduler table");
+    tx.commit().await.expect("commit");
+    pool
+}
+
+/// Deletes every Redis key under `prefix` and the scheduler's rows of that prefix.
 pub async fn clean_redis(prefix: &str) {
     let mut conn = redis().await;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -38,6 +93,13 @@ pub async fn clean_redis(prefix: &str) {
             .await
             .expect("DEL");
     }
+    let pool = scheduler_pool().await;
+    sqlx::query("DELETE FROM worker_schedule_ticks WHERE key_prefix = $1")
+        .bind(prefix)
+        .execute(&pool)
+        .await
+        .expect("delete the test's scheduler rows");
+    pool.close().await;
 }
 
 /// Declares a durable queue the way Celery does (no arguments).
@@ -215,17 +277,41 @@ pub async fn drain_ticks(queue: &str) -> Vec<Seen> {
     seen
 }
 
-/// Reads a schedule's state hash (`last_tick`, `task_id`, `published_at`, ...).
+type StateRow = (
+    DateTime<Utc>,
+    String,
+    DateTime<Utc>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The last published tick of a schedule as the scheduler records it (`last_tick`, `task_id`,
+/// `published_at`, `task`, `queue`); empty when nothing was published.
 pub async fn state(prefix: &str, name: &str) -> HashMap<String, String> {
-    let mut conn = redis().await;
-    redis::cmd("HGETALL")
-        .arg(format!("{prefix}schedule:{name}"))
-        .query_async(&mut conn)
-        .await
-        .expect("HGETALL")
+    let pool = scheduler_pool().await;
+    let row: Option<StateRow> = sqlx::query_as(
+        "SELECT tick, task_id, published_at, task, queue FROM worker_schedule_ticks
+             WHERE key_prefix = $1 AND schedule = $2 AND task_id IS NOT NULL
+             ORDER BY tick DESC LIMIT 1",
+    )
+    .bind(prefix)
+    .bind(name)
+    .fetch_optional(&pool)
+    .await
+    .expect("read the last run");
+    pool.close().await;
+    let mut out = HashMap::new();
+    if let Some((tick, task_id, published_at, task, queue)) = row {
+        out.insert("last_tick".to_owned(), tick.to_rfc3339());
+        out.insert("task_id".to_owned(), task_id);
+        out.insert("published_at".to_owned(), published_at.to_rfc3339());
+        out.insert("task".to_owned(), task.unwrap_or_default());
+        out.insert("queue".to_owned(), queue.unwrap_or_default());
+    }
+    out
 }
 
-/// The last published tick recorded in Redis, if any.
+/// The last published tick on record, if any.
 pub async fn last_tick(prefix: &str, name: &str) -> Option<DateTime<Utc>> {
     state(prefix, name)
         .await
@@ -236,20 +322,36 @@ pub async fn last_tick(prefix: &str, name: &str) -> Option<DateTime<Utc>> {
 
 /// Records `tick` as the last published tick, as a scheduler that ran earlier would have.
 pub async fn seed_last_tick(prefix: &str, name: &str, tick: DateTime<Utc>) {
-    let mut conn = redis().await;
-    let _: i64 = redis::cmd("HSET")
-        .arg(format!("{prefix}schedule:{name}"))
-        .arg("last_tick")
-        .arg(tick.to_rfc3339())
-        .arg("last_tick_unix")
-        .arg(tick.timestamp())
-        .arg("task_id")
-        .arg(uuid::Uuid::new_v4().to_string())
-        .arg("published_at")
-        .arg(tick.to_rfc3339())
-        .query_async(&mut conn)
-        .await
-        .expect("HSET");
+    let pool = scheduler_pool().await;
+    sqlx::query(
+        "INSERT INTO worker_schedule_ticks (key_prefix, schedule, tick, task_id, published_at)
+         VALUES ($1, $2, $3, $4, $3)",
+    )
+    .bind(prefix)
+    .bind(name)
+    .bind(tick)
+    .bind(uuid::Uuid::new_v4().to_string())
+    .execute(&pool)
+    .await
+    .expect("seed the last run");
+    pool.close().await;
+}
+
+/// Leaves a claim on `tick` held by a replica that died mid-publish, running out in `lease`.
+pub async fn seed_dead_claim(prefix: &str, name: &str, tick: DateTime<Utc>, lease: Duration) {
+    let pool = scheduler_pool().await;
+    sqlx::query(
+        "INSERT INTO worker_schedule_ticks (key_prefix, schedule, tick, token, lease_until)
+         VALUES ($1, $2, $3, 'claimed:dead-replica', now() + make_interval(secs => $4))",
+    )
+    .bind(prefix)
+    .bind(name)
+    .bind(tick)
+    .bind(lease.as_secs_f64())
+    .execute(&pool)
+    .await
+    .expect("seed a dead claim");
+    pool.close().await;
 }
 
 /// A schedules file in the temp directory, removed on drop.

@@ -209,12 +209,27 @@ impl Worker {
                 };
                 (registry, Some(pool), Some(engine))
             }
+            // The scheduler alone still needs PostgreSQL: its claims and last runs live there.
+            None if settings.schedules.is_some() => {
+                let database_url = conn.database_url_for_sqlx();
+                let pool = postgres::lazy_pool(&database_url, 2)?;
+                postgres::probe_at_startup(&pool, &database_url).await;
+                (catalogue(), Some(pool), None)
+            }
             None => (catalogue(), None, None),
         };
 
         let broker = match &engine {
             Some(_) => BrokerProbe::Consumer(consuming_rx),
             None => BrokerProbe::Publisher(Arc::clone(&publisher)),
+        };
+        // The scheduler's claims and last runs live in PostgreSQL. It has a small pool of its
+        // own: jobs holding every connection of theirs must not delay recording a published
+        // tick past its claim's lease (which would let another replica publish it again).
+        let scheduler_pool = match (&settings.schedules, &settings.consume) {
+            (Some(_), Some(_)) => Some(postgres::lazy_pool(&conn.database_url_for_sqlx(), 2)?),
+            (Some(_), None) => postgres.clone(),
+            (None, _) => None,
         };
         let dependencies = Arc::new(Dependencies {
             broker,
@@ -225,19 +240,21 @@ impl Worker {
             results_waiting: engine.as_ref().map(|e| Arc::clone(&e.results_waiting)),
         });
 
-        let scheduler = match &settings.schedules {
-            Some(path) => {
+        let scheduler = match (&settings.schedules, scheduler_pool) {
+            (Some(path), Some(pool)) => {
                 let ticks: Arc<dyn TickPublisher> = Arc::clone(&publisher) as _;
                 Some(SchedulerService::prepare(
                     path,
                     conn.default_timezone,
                     &conn.key_prefix,
                     registry.routes(),
+                    pool,
                     redis.clone(),
                     ticks,
                 )?)
             }
-            None => None,
+            // A pool exists whenever schedules do (see above).
+            _ => None,
         };
 
         let http = if settings.service.no_http {
@@ -444,12 +461,12 @@ impl Worker {
 }
 
 /// Every URL the service will connect to parses as its client will parse it, before anything
-/// connects: DATABASE_URL only where jobs run.
+/// connects: DATABASE_URL only where jobs or the scheduler run.
 fn check_urls(settings: &Settings) -> Result<(), StartupError> {
     let conn = &settings.connections;
     connection::parse_url(&conn.rabbitmq_url)?;
     redis_conn::check_url(&conn.redis_url_with_db())?;
-    if settings.consume.is_some() {
+    if settings.consume.is_some() || settings.schedules.is_some() {
         postgres::check_url(&conn.database_url_for_sqlx())?;
     }
     Ok(())

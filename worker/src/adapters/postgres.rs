@@ -116,6 +116,16 @@ fn options(url: &str) -> Result<PgConnectOptions, DatabaseError> {
     })
 }
 
+/// A pool that connects on first use, for a process that runs no jobs (`worker scheduler`,
+/// `worker schedules`): the scheduler keeps its claims and last runs in PostgreSQL.
+pub(crate) fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
+    let target = options(url)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(target))
+}
+
 /// Check once that the jobs' database answers; on failure, log one line that says what is
 /// wrong and what to do. The worker starts either way.
 pub(crate) async fn probe_at_startup(pool: &PgPool, url: &str) {

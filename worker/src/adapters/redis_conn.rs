@@ -1,4 +1,4 @@
-//! Connecting to Redis, for every Redis adapter (results, the scheduler's state, the migration
+//! Connecting to Redis, for every Redis adapter (results, revoked ids, the migration
 //! of the old delayed store), and the error type of their commands.
 //!
 //! One `ConnectionManager` per process is shared by clones: it multiplexes commands over one

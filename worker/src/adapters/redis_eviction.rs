@@ -2,8 +2,9 @@
 //!
 //! StaffProBot's design note runs one Redis for the web app's cache and for Celery, with
 //! `allkeys-lru`: under memory pressure that policy evicts any key, so nothing that must not be
-//! lost is kept in Redis. Delays wait in RabbitMQ's delay topology and a result Redis cannot take
-//! waits in a durable RabbitMQ queue; what Redis holds is what an eviction can cost, and this
+//! lost is kept in Redis. Delays wait in RabbitMQ's delay topology, a result Redis cannot take
+//! waits in a durable RabbitMQ queue, and the scheduler's tick claims and last runs are rows in
+//! PostgreSQL; what Redis holds is what an eviction can cost, and this
 //! module says it at startup and in `/readyz`, so the choice is the operator's, made knowingly.
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the worker keeps in Redis, for the messages below: kept in one place so it stays true.
-pub(crate) const KEPT_IN_REDIS: &str = "task results (kept for result_expires), revoked task ids, the scheduler's tick claims and last runs";
+pub(crate) const KEPT_IN_REDIS: &str = "task results (kept for result_expires), revoked task ids";
 
 /// How Redis chooses keys to evict when it reaches `maxmemory`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +56,9 @@ impl Eviction {
         match self {
             Self::Never => "none: a full Redis refuses writes and results wait in RabbitMQ",
             Self::KeysWithExpiry(_) => {
-                "results and tick claims may be evicted before they expire under memory pressure"
+                "results may be evicted before they expire under memory pressure"
             }
-            Self::AnyKey(_) => {
-                "any key may be evicted: results, revoked ids, the scheduler's claims and last runs"
-            }
+            Self::AnyKey(_) => "any key may be evicted: results and revoked ids",
             Self::Unknown(_) => "unknown: maxmemory-policy could not be read",
         }
     }
@@ -75,12 +74,12 @@ impl Eviction {
             Self::KeysWithExpiry(_) => info!(
                 maxmemory_policy = self.policy(),
                 kept_in_redis = KEPT_IN_REDIS,
-                "Redis evicts keys with an expiry under memory pressure: a result may be gone before result_expires, a tick claim before its tick is safe; delays and undelivered results are in RabbitMQ"
+                "Redis evicts keys with an expiry under memory pressure: a result may be gone before result_expires; delays and undelivered results are in RabbitMQ, the scheduler's state in PostgreSQL"
             ),
             Self::AnyKey(_) => warn!(
                 maxmemory_policy = self.policy(),
                 kept_in_redis = KEPT_IN_REDIS,
-                "Redis may evict any key under memory pressure: a result may be gone before result_expires (AsyncResult then says PENDING), a revoke forgotten by a restarted replica, a schedule's claim or last run lost (a tick published twice or caught up again). Delays and undelivered results are in RabbitMQ, so no task is lost; give the worker a Redis with noeviction or volatile-lru (docs/deployment.md)"
+                "Redis may evict any key under memory pressure: a result may be gone before result_expires (AsyncResult then says PENDING), a revoke forgotten by a restarted replica. Delays and undelivered results are in RabbitMQ and the scheduler's state in PostgreSQL, so no task or tick is lost or doubled; give the worker a Redis with noeviction or volatile-lru (docs/deployment.md)"
             ),
             Self::Unknown(_) => info!(
                 maxmemory_policy = self.policy(),

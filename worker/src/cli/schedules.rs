@@ -9,7 +9,7 @@ use clap::Args;
 use tracing::warn;
 
 use super::Outcome;
-use crate::adapters::redis_conn;
+use crate::adapters::{postgres, redis_conn};
 use crate::app::registry::catalogue;
 use crate::app::scheduler::{self, Schedule};
 use crate::settings::{ConnectionSettings, ScheduleSettings, ServiceSettings};
@@ -74,7 +74,12 @@ pub(crate) fn check(conn: &ConnectionSettings, args: CheckArgs) -> anyhow::Resul
 pub(crate) async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::Result<Outcome> {
     let schedules = load(&args.schedules.schedules_file, conn)?;
     let (_, mut redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
-    let status = scheduler::status(&schedules, &mut redis, &conn.key_prefix, Utc::now()).await?;
+    // The last runs are in PostgreSQL (the scheduler's table), their results in Redis.
+    let pool = postgres::lazy_pool(&conn.database_url_for_sqlx(), 1)?;
+    let status =
+        scheduler::status(&schedules, &pool, &mut redis, &conn.key_prefix, Utc::now()).await;
+    pool.close().await;
+    let status = status?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

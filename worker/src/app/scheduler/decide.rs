@@ -7,13 +7,18 @@
 //!   on time and always published.
 //! * A later tick was missed (the scheduler was down or stalled). `catch_up = "latest"` publishes
 //!   it if it lies within `catch_up_window` *and* there is history: an earlier run on record in
-//!   Redis, or this replica was already running when the tick fell due (a stall). A first start
-//!   with no history never fires retroactively. `"skip"` publishes none. Only the most recent due tick
-//!   is ever considered, so there is never a burst.
+//!   PostgreSQL, or this replica was already running when the tick fell due (a stall).
+//!   `"skip"` publishes none. Only the most recent due tick is ever considered, so there is
+//!   never a burst.
+//! * A first start (no history) fires no past tick by default (`on_first_start = "skip"`).
+//!   `on_first_start = "catch_up"` publishes the latest tick inside `catch_up_window` instead,
+//!   whatever `catch_up` says: for an idempotent task whose yearly run must not be lost when the
+//!   worker replaces Celery beat just after it fell due. Every replica decides the same, and the
+//!   per-tick claim makes it one publish.
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::schedule::{CatchUp, Schedule};
+use super::schedule::{CatchUp, FirstStart, Schedule};
 
 /// Longest lateness that still counts as "on time".
 const MAX_GRACE: TimeDelta = TimeDelta::seconds(60);
@@ -73,14 +78,20 @@ pub(crate) fn decide(
     if now - tick <= grace(schedule, tick) {
         return Decision::OnTime;
     }
-    if schedule.catch_up == CatchUp::Skip {
-        return Decision::Skip(SkipReason::Policy);
-    }
     if !allow_catch_up {
         return Decision::Skip(SkipReason::JustReloaded);
     }
     if !has_history {
-        return Decision::Skip(SkipReason::NoHistory);
+        return match schedule.on_first_start {
+            FirstStart::Skip => Decision::Skip(SkipReason::NoHistory),
+            FirstStart::CatchUp if now - tick > schedule.catch_up_window => {
+                Decision::Skip(SkipReason::OutsideWindow)
+            }
+            FirstStart::CatchUp => Decision::CatchUp,
+        };
+    }
+    if schedule.catch_up == CatchUp::Skip {
+        return Decision::Skip(SkipReason::Policy);
     }
     if now - tick > schedule.catch_up_window {
         return Decision::Skip(SkipReason::OutsideWindow);
@@ -113,6 +124,7 @@ mod tests {
             enabled: true,
             catch_up,
             catch_up_window: TimeDelta::days(30),
+            on_first_start: FirstStart::Skip,
             expires: None,
             line: 1,
         }
@@ -164,6 +176,44 @@ mod tests {
         let s = plan_next_year(CatchUp::Latest);
         let (_, decision) = on_start(&s, "2026-12-05T10:00:00+03:00", None);
         assert_eq!(decision, Decision::Skip(SkipReason::NoHistory));
+    }
+
+    #[test]
+    fn first_start_with_catch_up_fires_the_latest_tick_inside_the_window() {
+        let mut s = plan_next_year(CatchUp::Latest);
+        s.on_first_start = FirstStart::CatchUp;
+        // Cut over from Celery beat on 2 December: the 1 December run is still planned.
+        let (tick, decision) = on_start(&s, "2026-12-02T10:00:00+03:00", None);
+        assert_eq!(tick, utc("2026-12-01T03:00:00+03:00"));
+        assert_eq!(decision, Decision::CatchUp);
+        // Whatever `catch_up` says about ticks missed after a run.
+        s.catch_up = CatchUp::Skip;
+        assert_eq!(
+            on_start(&s, "2026-12-02T10:00:00+03:00", None).1,
+            Decision::CatchUp
+        );
+        // But never older than catch_up_window (30 days here).
+        assert_eq!(
+            on_start(&s, "2027-01-15T10:00:00+03:00", None).1,
+            Decision::Skip(SkipReason::OutsideWindow)
+        );
+    }
+
+    #[test]
+    fn first_start_catch_up_does_not_apply_to_a_reload_or_change_history_rules() {
+        let mut s = plan_next_year(CatchUp::Skip);
+        s.on_first_start = FirstStart::CatchUp;
+        let now = utc("2026-12-02T10:00:00+03:00");
+        let tick = s.latest_at_or_before(now).expect("has a tick");
+        assert_eq!(
+            decide(&s, tick, now, false, false),
+            Decision::Skip(SkipReason::JustReloaded)
+        );
+        // With history, `catch_up` decides as before.
+        assert_eq!(
+            decide(&s, tick, now, true, true),
+            Decision::Skip(SkipReason::Policy)
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! One tiny grammar for every duration field (`every`, `catch_up_window`, `expires`) so the
 //! file reads the same everywhere. Whole seconds only: ticks are whole seconds, and so are the
-//! Redis claim keys built from them.
+//! tick times the claims are keyed by.
 
 use chrono::TimeDelta;
 

@@ -19,7 +19,7 @@ use toml::Spanned;
 
 use super::cron_expr::CronExpr;
 use super::duration::parse_duration;
-use super::schedule::{CatchUp, Schedule, Timing};
+use super::schedule::{CatchUp, FirstStart, Schedule, Timing};
 
 /// A schedules file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,7 @@ struct RawSchedule {
     enabled: Option<bool>,
     catch_up: Option<CatchUp>,
     catch_up_window: Option<Spanned<String>>,
+    on_first_start: Option<FirstStart>,
     expires: Option<Spanned<String>>,
 }
 
@@ -299,6 +300,7 @@ pub fn parse_schedules(
                 enabled: true,
                 catch_up: CatchUp::Latest,
                 catch_up_window: chrono::TimeDelta::zero(),
+                on_first_start: FirstStart::Skip,
                 expires: None,
                 line,
             };
@@ -326,6 +328,7 @@ pub fn parse_schedules(
                 enabled: raw.enabled.unwrap_or(true),
                 catch_up: raw.catch_up.unwrap_or_default(),
                 catch_up_window: catch_up_window.unwrap_or(chrono::TimeDelta::days(1)),
+                on_first_start: raw.on_first_start.unwrap_or_default(),
                 expires,
                 line,
             });

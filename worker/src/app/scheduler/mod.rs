@@ -14,12 +14,15 @@
 //! already answers, so this module is a small loop over it:
 //!
 //! * **Exactly once across replicas, no leader.** Tick times are a pure function of the schedule
-//!   (see `schedule`), so all replicas agree on them; each tick is claimed with
-//!   `SET {prefix}schedule:{name}:tick:{unix_ts} NX PX <lease>` and only the claimer publishes.
+//!   (see `schedule`), so all replicas agree on them; each tick is claimed with one atomic
+//!   upsert of its row in PostgreSQL (with a lease) and only the claimer publishes. The state is
+//!   in PostgreSQL, not Redis, so a Redis that evicts or loses keys costs no tick and doubles none.
 //!   A failed publish releases the claim and a dead claimer's lease runs out, so no tick is lost
 //!   and no failover wait exists (RedBeat's leader lock can take 25 minutes). See `store`.
 //! * **Missed ticks.** `catch_up = "latest"` publishes the most recent missed tick once, within
-//!   `catch_up_window`; `"skip"` publishes none; never a burst (see `decide`).
+//!   `catch_up_window`; `"skip"` publishes none; never a burst (see `decide`). A schedule that
+//!   has never run fires no past tick unless it says `on_first_start = "catch_up"`: then the
+//!   latest tick inside `catch_up_window` is published once, across replicas.
 //! * **DST.** Crontab fields match wall-clock time in the schedule's timezone; a repeated local
 //!   time fires once (first occurrence), a skipped one fires once at the end of the gap. The
 //!   `cron` crate's own timezone iteration does neither, so this module maps wall-clock
@@ -59,8 +62,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use file::{ScheduleFileError, check_file, parse_schedules};
-pub use schedule::{CatchUp, Schedule, Timing};
-pub use status::{ScheduleStatus, describe, status};
+pub use schedule::{CatchUp, FirstStart, Schedule, Timing};
+pub use status::{ScheduleStatus, StatusError, describe, status};
 
 /// Errors a publisher may return; the scheduler only logs them and retries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -100,7 +103,8 @@ pub struct SchedulerSettings {
     pub path: PathBuf,
     /// Timezone for entries without `timezone` (the app's `DEFAULT_TIMEZONE`).
     pub default_timezone: chrono_tz::Tz,
-    /// Prefix of every Redis key the scheduler writes; tests use a unique one each.
+    /// Separates this deployment's scheduler rows in PostgreSQL (the `key_prefix` column; the
+    /// same `WORKER_KEY_PREFIX` as the Redis keys); tests use a unique one each.
     pub key_prefix: String,
     /// Celery task names this worker registers -> their default queue.
     pub known_tasks: HashMap<String, String>,
@@ -136,18 +140,25 @@ pub enum SchedulerError {
     File(#[from] ScheduleFileError),
 }
 
+/// Creates the scheduler's table (`worker_schedule_ticks`) if it is missing: `worker migrate`
+/// does it ahead of time; a starting scheduler does it anyway.
+pub(crate) async fn prepare_state(postgres: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    store::ensure_table(postgres).await
+}
+
 /// Runs the scheduler until `shutdown` is cancelled.
 ///
-/// Fails at once if the schedules file is invalid at startup. Afterwards it never fails: Redis
-/// or broker errors are logged and retried, invalid edits are logged and ignored.
+/// Fails at once if the schedules file is invalid at startup. Afterwards it never fails:
+/// PostgreSQL or broker errors are logged and retried, invalid edits are logged and ignored.
+/// The claims and last runs live in `postgres` (table `worker_schedule_ticks`, created here).
 pub async fn run(
     settings: SchedulerSettings,
-    redis: redis::aio::ConnectionManager,
+    postgres: sqlx::PgPool,
     publisher: Arc<dyn TickPublisher>,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
     let shared = runner::Shared {
-        redis,
+        postgres,
         publisher,
         key_prefix: settings.key_prefix.clone(),
         instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),

@@ -1,6 +1,6 @@
 //! The loop that drives one schedule: sleep until a tick is due, decide, claim, publish.
 //!
-//! Every replica runs this loop for every enabled schedule; the per-tick claim in Redis (see
+//! Every replica runs this loop for every enabled schedule; the per-tick claim in PostgreSQL (see
 //! `store`) picks the one replica that publishes. The loop keeps no leader and no lock between
 //! ticks, so a replica that dies costs nothing: the others simply keep claiming.
 //!
@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::aio::ConnectionManager;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::decide::{Decision, SkipReason, decide};
 use super::schedule::Schedule;
-use super::store::{self, Claim, Published};
+use super::store::{self, Claim, Published, TickRef};
 use super::{TickMessage, TickPublisher};
 use crate::metrics::METRICS;
 
@@ -37,7 +37,7 @@ const MAX_BACKOFF: TimeDelta = TimeDelta::seconds(30);
 
 /// What every schedule loop of one scheduler shares.
 pub(crate) struct Shared {
-    pub redis: ConnectionManager,
+    pub postgres: PgPool,
     pub publisher: Arc<dyn TickPublisher>,
     pub key_prefix: String,
     /// Identifies this scheduler instance in claim tokens, for debugging stuck claims.
@@ -67,17 +67,23 @@ pub(crate) async fn run_schedule(
     start: Start,
     stop: CancellationToken,
 ) {
-    let mut redis = shared.redis.clone();
+    let pool = &shared.postgres;
     let name = schedule.name.as_str();
 
     // The newest tick published by anyone, as far as this replica knows.
     let mut failures: u32 = 0;
     let mut last_published = loop {
-        match store::read_last_run(&mut redis, &shared.key_prefix, name).await {
+        // The table is created here, retried with the read, so a scheduler started while
+        // PostgreSQL is down simply waits for it.
+        let read = match store::ensure_table(pool).await {
+            Ok(()) => store::read_last_run(pool, &shared.key_prefix, name).await,
+            Err(err) => Err(err),
+        };
+        match read {
             Ok(last) => break last.map(|run| run.tick),
             Err(err) => {
                 failures += 1;
-                warn!(schedule = name, error = %err, "cannot read schedule state from Redis; retrying");
+                warn!(schedule = name, error = %err, "cannot read schedule state from PostgreSQL; retrying");
                 if !pause(&stop, backoff(failures)).await {
                     return;
                 }
@@ -109,6 +115,10 @@ pub(crate) async fn run_schedule(
                 let has_history = last_published.is_some() || due > started_at;
                 match decide(&schedule, due, now, has_history, allow_catch_up) {
                     Decision::OnTime => target = Some(due),
+                    Decision::CatchUp if !has_history => {
+                        info!(schedule = name, tick = %due, late_by = %(now - due), "first start: publishing the latest tick inside catch_up_window (on_first_start = \"catch_up\")");
+                        target = Some(due);
+                    }
                     Decision::CatchUp => {
                         info!(schedule = name, tick = %due, late_by = %(now - due), "catching up a missed tick");
                         target = Some(due);
@@ -131,7 +141,7 @@ pub(crate) async fn run_schedule(
 
         let mut retry_at = None;
         if let Some(tick) = target {
-            match attempt(&schedule, &shared, &mut redis, tick).await {
+            match attempt(&schedule, &shared, tick).await {
                 Attempt::Published | Attempt::AlreadyPublished => {
                     METRICS
                         .schedule_last_tick
@@ -172,18 +182,18 @@ pub(crate) async fn run_schedule(
 }
 
 /// Claims `tick` and publishes it if the claim is ours.
-async fn attempt(
-    schedule: &Schedule,
-    shared: &Shared,
-    redis: &mut ConnectionManager,
-    tick: DateTime<Utc>,
-) -> Attempt {
+async fn attempt(schedule: &Schedule, shared: &Shared, tick: DateTime<Utc>) -> Attempt {
     let name = schedule.name.as_str();
-    let claim_key = store::claim_key(&shared.key_prefix, name, tick);
+    let pool = &shared.postgres;
+    let at = TickRef {
+        key_prefix: &shared.key_prefix,
+        schedule: name,
+        tick,
+    };
     let token = format!("claimed:{}:{}", shared.instance, uuid::Uuid::new_v4());
-    match store::claim(redis, &claim_key, &token, CLAIM_LEASE).await {
+    match store::claim(pool, at, &token, CLAIM_LEASE).await {
         Err(err) => {
-            warn!(schedule = name, tick = %tick, error = %err, "cannot claim tick in Redis; will retry");
+            warn!(schedule = name, tick = %tick, error = %err, "cannot claim tick in PostgreSQL; will retry");
             return Attempt::Failed;
         }
         Ok(Claim::AlreadyPublished) => return Attempt::AlreadyPublished,
@@ -209,7 +219,7 @@ async fn attempt(
         };
     if let Err(problem) = outcome {
         warn!(schedule = name, tick = %tick, error = %problem, "publishing tick failed; releasing the claim so it is retried");
-        if let Err(err) = store::release(redis, &claim_key, &token).await {
+        if let Err(err) = store::release(pool, at, &token).await {
             // The lease still runs out, after which the tick can be claimed again.
             warn!(schedule = name, tick = %tick, error = %err, "cannot release claim; it will expire");
         }
@@ -218,9 +228,7 @@ async fn attempt(
 
     let published_at = Utc::now();
     let done = Published {
-        claim_key: &claim_key,
-        state_key: &store::state_key(&shared.key_prefix, name),
-        tick,
+        at,
         task_id: &message.task_id,
         published_at,
         task: &schedule.task,
@@ -232,7 +240,7 @@ async fn attempt(
     let mut tries = 0;
     loop {
         tries += 1;
-        match store::finish(redis, &done).await {
+        match store::finish(pool, &done).await {
             Ok(()) => break,
             Err(err) if tries < 10 => {
                 warn!(schedule = name, tick = %tick, error = %err, "cannot record published tick; retrying");

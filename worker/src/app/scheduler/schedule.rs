@@ -1,7 +1,7 @@
 //! One schedule and when it fires: the fire-time arithmetic, including daylight-saving time.
 //!
 //! Fire times are pure functions of the schedule and an instant, so every replica computes the
-//! same ticks — that is what lets a per-tick Redis key de-duplicate them.
+//! same ticks — that is what lets a per-tick claim de-duplicate them.
 //!
 //! * `cron` schedules are matched against wall-clock time in the schedule's timezone. The `cron`
 //!   crate is asked for candidate wall-clock times only (evaluated in UTC, which has no gaps or
@@ -53,6 +53,19 @@ pub enum CatchUp {
     Skip,
 }
 
+/// What the first start does when the schedule has never run (no published tick on record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstStart {
+    /// Fire no past tick; wait for the next one (Celery beat's behaviour with an empty
+    /// schedule file).
+    #[default]
+    Skip,
+    /// Publish the latest tick inside `catch_up_window` once (across replicas, by the claim):
+    /// for idempotent tasks whose run must not be missed at a cut-over.
+    CatchUp,
+}
+
 /// One validated entry of `schedules.toml`.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -69,6 +82,7 @@ pub struct Schedule {
     pub enabled: bool,
     pub catch_up: CatchUp,
     pub catch_up_window: TimeDelta,
+    pub on_first_start: FirstStart,
     /// The published message expires this long after its tick time.
     pub expires: Option<TimeDelta>,
     /// Line of the entry in its file, for messages.
@@ -94,6 +108,7 @@ impl Schedule {
             && self.enabled == other.enabled
             && self.catch_up == other.catch_up
             && self.catch_up_window == other.catch_up_window
+            && self.on_first_start == other.on_first_start
             && self.expires == other.expires
     }
 
@@ -231,6 +246,7 @@ mod tests {
             enabled: true,
             catch_up: CatchUp::Latest,
             catch_up_window: TimeDelta::days(1),
+            on_first_start: FirstStart::Skip,
             expires: None,
             line: 1,
         }

@@ -7,20 +7,23 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use chrono_tz::Tz;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{ScheduleFileError, SchedulerSettings, TickPublisher, check_file, status};
+use super::{ScheduleFileError, SchedulerSettings, TickPublisher, check_file, status, store};
 use crate::metrics::METRICS;
 
 /// A validated scheduler, ready to run.
 pub(crate) struct SchedulerService {
     settings: SchedulerSettings,
+    postgres: PgPool,
     redis: ConnectionManager,
     publisher: Arc<dyn TickPublisher>,
 }
@@ -33,6 +36,7 @@ impl SchedulerService {
         default_timezone: Tz,
         key_prefix: &str,
         known_tasks: HashMap<String, String>,
+        postgres: PgPool,
         redis: ConnectionManager,
         publisher: Arc<dyn TickPublisher>,
     ) -> Result<Self, ScheduleFileError> {
@@ -45,6 +49,7 @@ impl SchedulerService {
         settings.key_prefix = key_prefix.to_owned();
         Ok(Self {
             settings,
+            postgres,
             redis,
             publisher,
         })
@@ -57,15 +62,81 @@ impl SchedulerService {
             default_timezone: self.settings.default_timezone,
             key_prefix: self.settings.key_prefix.clone(),
             known_tasks: self.settings.known_tasks.clone(),
+            postgres: self.postgres.clone(),
             redis: self.redis.clone(),
         }
     }
 
     /// Run until `stop`.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        if let Err(e) = super::run(self.settings, self.redis, self.publisher, stop).await {
+        if !self.import_legacy_state(&stop).await {
+            return;
+        }
+        if let Err(e) = super::run(self.settings, self.postgres, self.publisher, stop).await {
             error!(error = %e, "the scheduler stopped");
         }
+    }
+}
+
+impl SchedulerService {
+    /// Copies the last runs the previous release kept in Redis into PostgreSQL, before any
+    /// schedule loop reads its history (see `store::import_legacy_last_run`). PostgreSQL is
+    /// waited for, as the loops would wait; Redis errors only skip the import. Returns false
+    /// when stopped first.
+    async fn import_legacy_state(&self, stop: &CancellationToken) -> bool {
+        let Ok((schedules, _)) = check_file(
+            &self.settings.path,
+            self.settings.default_timezone,
+            &self.settings.known_tasks,
+        ) else {
+            // The scheduler itself reports the file.
+            return true;
+        };
+        let prefix = &self.settings.key_prefix;
+        let mut redis = self.redis.clone();
+        let mut failures: u32 = 0;
+        'retry: loop {
+            if let Err(e) = store::ensure_table(&self.postgres).await {
+                failures = failures.saturating_add(1);
+                warn!(error = %e, "cannot prepare the scheduler's table in PostgreSQL; retrying");
+                if !pause(stop, failures).await {
+                    return false;
+                }
+                continue;
+            }
+            for schedule in &schedules {
+                let name = schedule.name.as_str();
+                match store::import_legacy_last_run(&mut redis, &self.postgres, prefix, name).await
+                {
+                    Ok(Some(tick)) => {
+                        info!(schedule = name, tick = %tick, "last run imported from Redis into PostgreSQL")
+                    }
+                    Ok(None) => {}
+                    Err(store::ImportError::Redis(e)) => {
+                        warn!(schedule = name, error = %e, "cannot read the previous release's schedule state from Redis; not imported");
+                    }
+                    Err(store::ImportError::Postgres(e)) => {
+                        failures = failures.saturating_add(1);
+                        warn!(schedule = name, error = %e, "cannot import schedule state into PostgreSQL; retrying");
+                        if !pause(stop, failures).await {
+                            return false;
+                        }
+                        continue 'retry;
+                    }
+                }
+            }
+            return true;
+        }
+    }
+}
+
+/// Waits 1, 2, 4 .. 30 s, unless stopped first (then false).
+async fn pause(stop: &CancellationToken, failures: u32) -> bool {
+    let wait =
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30));
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
     }
 }
 
@@ -76,6 +147,7 @@ pub(crate) struct StatusReporter {
     default_timezone: Tz,
     key_prefix: String,
     known_tasks: HashMap<String, String>,
+    postgres: PgPool,
     redis: ConnectionManager,
 }
 
@@ -87,7 +159,15 @@ impl StatusReporter {
             Err(e) => return json!({"error": e.to_string()}),
         };
         let mut redis = self.redis.clone();
-        match status(&schedules, &mut redis, &self.key_prefix, Utc::now()).await {
+        match status(
+            &schedules,
+            &self.postgres,
+            &mut redis,
+            &self.key_prefix,
+            Utc::now(),
+        )
+        .await
+        {
             Ok(status) => {
                 for s in &status {
                     if let Some(next) = s.next.first() {
@@ -105,7 +185,8 @@ impl StatusReporter {
                 }
                 serde_json::to_value(status).unwrap_or(Value::Null)
             }
-            Err(e) => json!({"error": format!("Redis: {e}")}),
+            // A server's error text could quote a URL: passwords are masked.
+            Err(e) => json!({"error": crate::settings::redact_text(&e.to_string())}),
         }
     }
 }

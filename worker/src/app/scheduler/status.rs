@@ -1,18 +1,19 @@
 //! What `worker schedules [--json]` shows: each schedule, its next fire times, and its last run
 //! with the state of that run's result.
 //!
-//! The last run comes from the scheduler's state hash in Redis; the result state from the Celery
-//! result key `celery-task-meta-<task id>` (a missing key reads as `PENDING`, exactly as Celery's
-//! `AsyncResult.state` does).
+//! The last run comes from the scheduler's table in PostgreSQL (see `store`); the result state
+//! from the Celery result key `celery-task-meta-<task id>` in Redis (a missing key reads as
+//! `PENDING`, exactly as Celery's `AsyncResult.state` does).
 
 use std::fmt;
 
 use chrono::{DateTime, FixedOffset, Utc};
 use redis::aio::ConnectionLike;
 use serde::Serialize;
+use sqlx::PgPool;
 
 use super::duration::format_duration;
-use super::schedule::{CatchUp, Schedule, Timing};
+use super::schedule::{CatchUp, FirstStart, Schedule, Timing};
 use super::store::read_last_run;
 
 /// How many upcoming fire times a listing shows.
@@ -32,6 +33,7 @@ pub struct ScheduleStatus {
     pub enabled: bool,
     pub catch_up: CatchUp,
     pub catch_up_window: String,
+    pub on_first_start: FirstStart,
     /// The next fire times (empty for a disabled schedule).
     pub next: Vec<FireTime>,
     pub last_run: Option<LastRunStatus>,
@@ -54,17 +56,28 @@ pub struct LastRunStatus {
     pub state: String,
 }
 
-/// Builds the listing. `key_prefix` is the scheduler's Redis key prefix (`SchedulerSettings`).
+/// Why the listing could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Builds the listing. `key_prefix` is the scheduler's key prefix (`SchedulerSettings`); the last
+/// runs are read from `postgres`, their results' states from `redis`.
 pub async fn status<C: ConnectionLike + Send>(
     schedules: &[Schedule],
+    postgres: &PgPool,
     redis: &mut C,
     key_prefix: &str,
     now: DateTime<Utc>,
-) -> redis::RedisResult<Vec<ScheduleStatus>> {
+) -> Result<Vec<ScheduleStatus>, StatusError> {
     let mut out = Vec::with_capacity(schedules.len());
     for schedule in schedules {
         let mut listed = describe(schedule, now);
-        if let Some(run) = read_last_run(redis, key_prefix, &schedule.name).await? {
+        if let Some(run) = read_last_run(postgres, key_prefix, &schedule.name).await? {
             listed.last_run = Some(LastRunStatus {
                 tick: fire_time(schedule, run.tick),
                 state: result_state(redis, &run.task_id).await?,
@@ -77,7 +90,7 @@ pub async fn status<C: ConnectionLike + Send>(
     Ok(out)
 }
 
-/// A schedule and its next fire times, without touching Redis (`last_run` is `None`): what
+/// A schedule and its next fire times, without reading any state (`last_run` is `None`): what
 /// `worker check-schedules` prints.
 pub fn describe(schedule: &Schedule, now: DateTime<Utc>) -> ScheduleStatus {
     let next = if schedule.enabled {
@@ -103,6 +116,7 @@ pub fn describe(schedule: &Schedule, now: DateTime<Utc>) -> ScheduleStatus {
         enabled: schedule.enabled,
         catch_up: schedule.catch_up,
         catch_up_window: format_duration(schedule.catch_up_window),
+        on_first_start: schedule.on_first_start,
         next,
         last_run: None,
     }
