@@ -167,12 +167,20 @@ async fn the_scheduler_alone_serves_health_readiness_and_tick_metrics() {
     })
     .await;
     assert!(ticked, "no tick published:\n{}", scheduler.logs());
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The tick's gauges are set once it is recorded in PostgreSQL, a moment after the publish.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("worker_schedule_last_tick_timestamp_seconds{schedule=") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         metrics.contains(
             "worker_schedule_last_tick_timestamp_seconds{schedule=\"alone-every-second\"}"
