@@ -178,6 +178,8 @@ impl Worker {
         let (registry, postgres, engine) = match &settings.consume {
             Some(consume) => {
                 let (registry, pool) = jobs_registry(conn, consume).await?;
+                let names: Vec<&str> = registry.iter().map(|j| j.name()).collect();
+                crate::metrics::METRICS.initialise(&names, &consume.run.queues);
                 let results = ResultWriter::new(
                     store.clone(),
                     Arc::clone(&publisher),
