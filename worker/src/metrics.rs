@@ -32,6 +32,7 @@ pub(crate) struct Metrics {
     pub schedule_last_tick: GaugeVec,
     pub schedule_next_tick: GaugeVec,
     pub schedule_reloads_rejected: IntCounter,
+    pub events_dropped: IntCounter,
     pub redis_used_memory_bytes: Gauge,
     pub redis_hit_rate: Gauge,
     pub redis_evicted_keys: Gauge,
@@ -188,6 +189,11 @@ impl Metrics {
                 &registry,
                 "worker_schedule_reloads_rejected_total",
                 "Edits of the schedules file refused as invalid (the previous schedules kept running).",
+            ),
+            events_dropped: int_counter(
+                &registry,
+                "worker_events_dropped_total",
+                "Celery events (for Flower) not sent: the publisher's queue was full or the broker away.",
             ),
             redis_used_memory_bytes: gauge(
                 &registry,
