@@ -20,6 +20,8 @@ use super::properties::Properties;
 
 /// Reprs in events are for display: Celery's `argsrepr_maxsize` is 1024 characters too.
 pub const REPR_MAX: usize = 1024;
+/// A traceback longer than this is cut (ours is the error chain, normally a few lines).
+pub const TRACEBACK_MAX: usize = 4096;
 /// Nesting shown in a repr before `...` (bounds the recursion whatever the value).
 const REPR_DEPTH: usize = 8;
 
@@ -98,7 +100,7 @@ impl Event {
         task_event(
             "task-failed",
             id,
-            json!({ "exception": exception_repr(err), "traceback": err.traceback() }),
+            json!({ "exception": exception_repr(err), "traceback": traceback(err) }),
         )
     }
 
@@ -106,7 +108,7 @@ impl Event {
         task_event(
             "task-retried",
             id,
-            json!({ "exception": exception_repr(err), "traceback": err.traceback() }),
+            json!({ "exception": exception_repr(err), "traceback": traceback(err) }),
         )
     }
 
@@ -230,6 +232,10 @@ impl EventMessage {
 /// seconds east.
 pub fn utcoffset_hours(seconds_east: i32) -> f64 {
     -f64::from(seconds_east) / 3600.0
+}
+
+fn traceback(err: &TaskError) -> String {
+    super::outgoing::truncate(&err.traceback(), TRACEBACK_MAX)
 }
 
 /// `repr()` of the exception Python would raise: `ValueError('boom')`.

@@ -222,3 +222,26 @@ fn loadavg() -> [f64; 3] {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_never_waits() {
+        let on = Arc::new(AtomicBool::new(true));
+        let (events, mut rx) = Events::new(Arc::clone(&on));
+        let before = METRICS.events_dropped.get();
+        // Nobody reads: the first CAPACITY are queued, the rest dropped at once.
+        for _ in 0..CAPACITY + 10 {
+            events.send(|| Event::task_started("id"));
+        }
+        assert!(METRICS.events_dropped.get() >= before + 10);
+        assert!(rx.try_recv().is_ok());
+        // Off: nothing is built or queued.
+        on.store(false, Ordering::Relaxed);
+        while rx.try_recv().is_ok() {}
+        events.send(|| unreachable!("an event built while events are off"));
+        assert!(rx.try_recv().is_err());
+    }
+}
