@@ -2,7 +2,8 @@
 //! `WORKER_SEND_EVENTS=true` the worker publishes to its event exchange (this test's own) each
 //! task's received/started/succeeded, retried/failed, and worker-online/heartbeat, every event
 //! stamped as Celery's dispatcher stamps it; `disable_events` from Python's `app.control`
-//! stops them.
+//! stops them, `enable_events` starts them again (`worker-online` first), and a graceful
+//! shutdown ends with `worker-offline`.
 
 mod harness;
 
@@ -210,6 +211,48 @@ async fn events_as_celery_sends_them_and_disable_events_stops_them() {
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let after = take(&channel, &listen).await;
     assert!(after.is_empty(), "events after disable_events: {after:?}");
+
+    // enable_events: online again; SIGTERM: offline last.
+    let out = tokio::task::spawn_blocking({
+        let control = control.clone();
+        move || run_python("events_state.py", &["enable", &control])
+    })
+    .await
+    .unwrap();
+    assert!(
+        stdout(&out).contains("task events enabled"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut worker = worker;
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exited = wait_until(Duration::from_secs(15), || {
+        let exited = matches!(worker.child.try_wait(), Ok(Some(_)));
+        async move { exited }
+    })
+    .await;
+    assert!(exited, "worker did not stop:\n{}", worker.logs());
+    let last: Vec<String> = take(&channel, &listen)
+        .await
+        .into_iter()
+        .filter_map(|(_, e)| e["type"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        last.first().map(String::as_str),
+        Some("worker-online"),
+        "{last:?}"
+    );
+    assert_eq!(
+        last.last().map(String::as_str),
+        Some("worker-offline"),
+        "{last:?}"
+    );
 
     drop(worker);
     delete_queue(&channel, &queue).await;

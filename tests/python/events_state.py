@@ -4,7 +4,8 @@ Usage:
   events_state.py state            < events.jsonl   feed each event (one JSON object a line, as
                                                      the worker published it) to
                                                      celery.events.state.State, print a summary
-  events_state.py disable NAMESPACE                  app.control.disable_events(), print replies
+  events_state.py enable|disable NAMESPACE           app.control.enable_events() or
+                                                     disable_events(), print the replies
 """
 import json
 import os
@@ -52,14 +53,15 @@ def state():
     print(json.dumps({"workers": workers, "tasks": tasks}))
 
 
-def disable(namespace):
+def switch(which, namespace):
     app = Celery("ev", broker=os.environ["RABBITMQ_URL"])
     app.conf.update(accept_content=["json"], control_exchange=namespace)
-    print(json.dumps(app.control.disable_events(reply=True, timeout=2.0)))
+    command = {"enable": app.control.enable_events, "disable": app.control.disable_events}[which]
+    print(json.dumps(command(reply=True, timeout=2.0)))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "state":
         state()
     else:
-        disable(sys.argv[2])
+        switch(sys.argv[1], sys.argv[2])

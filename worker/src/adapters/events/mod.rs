@@ -138,7 +138,8 @@ async fn publish(
         tokio::select! {
             event = rx.recv() => match event {
                 Some(event) => send(d, &channel, clock, event).await?,
-                None => return Ok(()),
+                // The executor is gone: the engine has stopped, the worker is shutting down.
+                None => break,
             },
             _ = beat.tick() => {
                 let on = d.enabled.load(Ordering::Relaxed);
@@ -153,14 +154,17 @@ async fn publish(
                 while let Ok(event) = rx.try_recv() {
                     send(d, &channel, clock, event).await?;
                 }
-                if online {
-                    let offline = Event::worker(WorkerEvent::Offline, &worker_state(&d.inflight));
-                    send(d, &channel, clock, offline).await?;
-                }
-                return Ok(());
+                break;
             }
         }
     }
+    if online {
+        let offline = Event::worker(WorkerEvent::Offline, &worker_state(&d.inflight));
+        send(d, &channel, clock, offline).await?;
+    }
+    // Wait for the frames to leave before the connection closes.
+    let _ = channel.close(200, "worker shutting down".into()).await;
+    Ok(())
 }
 
 /// Stamp and publish one event (no confirm: an event lost with the connection is not worth
