@@ -269,3 +269,58 @@ async fn events_as_celery_sends_them_and_disable_events_stops_them() {
             .await;
     }
 }
+
+/// Events that cannot be published never fail or hold up a task: the event exchange exists
+/// with another type (RabbitMQ refuses the publisher's declaration with 406, again at each
+/// reconnection), and every task still succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_succeed_when_events_cannot_be_published() {
+    let queue = unique("events-refused");
+    let exchange = format!("{queue}.ev");
+    let (_c, channel) = amqp().await;
+    worker::topology::declare_with_dead_letter(&channel, &queue)
+        .await
+        .expect("declare");
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[
+            ("WORKER_SEND_EVENTS", "true"),
+            ("WORKER_EVENT_EXCHANGE", exchange.as_str()),
+        ],
+    );
+    worker.wait_for_log("events publisher failed", Duration::from_secs(10));
+    let tasks: Vec<OutgoingTask> = (0..20)
+        .map(|_| OutgoingTask::new("worker.ping", vec![], Map::new()))
+        .collect();
+    for t in &tasks {
+        publish_task(&channel, &queue, t).await;
+    }
+    for t in &tasks {
+        wait_result(&t.id, Some("SUCCESS"), Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{} not SUCCESS:\n{}", t.id, worker.logs()));
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("worker_events_dropped_total"), "{metrics}");
+    assert!(worker.is_alive_now(), "{}", worker.logs());
+
+    drop(worker);
+    delete_queue(&channel, &queue).await;
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+}
