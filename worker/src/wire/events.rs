@@ -132,18 +132,14 @@ impl Event {
 
     /// `worker-online`, `worker-heartbeat`, `worker-offline` (celery/worker/heartbeat.py).
     pub fn worker(kind: WorkerEvent, state: &WorkerState) -> Self {
-        let fields = json!({
-            "freq": state.freq,
-            "active": state.active,
-            "processed": state.processed,
-            "loadavg": state.loadavg,
-            "sw_ident": SW_IDENT,
-            "sw_ver": env!("CARGO_PKG_VERSION"),
-            "sw_sys": sw_sys(),
-        });
-        let Value::Object(fields) = fields else {
-            unreachable!("json! of an object literal")
-        };
+        let mut fields = Map::new();
+        fields.insert("freq".into(), json!(state.freq));
+        fields.insert("active".into(), json!(state.active));
+        fields.insert("processed".into(), json!(state.processed));
+        fields.insert("loadavg".into(), json!(state.loadavg));
+        fields.insert("sw_ident".into(), json!(SW_IDENT));
+        fields.insert("sw_ver".into(), json!(env!("CARGO_PKG_VERSION")));
+        fields.insert("sw_sys".into(), json!(sw_sys()));
         Self {
             kind: kind.as_str(),
             fields,
