@@ -48,6 +48,29 @@ async fn health_readiness_metrics_and_results_over_http() {
     }
 
     let (_, before) = get(&format!("{base}/metrics")).await;
+    // Every per-task, per-queue series exists from startup at 0, so the README's error-rate
+    // query (failed / started) has data before the first failure.
+    for name in [
+        "worker_tasks_started_total",
+        "worker_tasks_succeeded_total",
+        "worker_tasks_failed_total",
+        "worker_tasks_retried_total",
+        "worker_tasks_with_errors_total",
+    ] {
+        for task in ["worker.ping", "worker.fail", "worker.sleep"] {
+            let line = format!("{name}{{queue=\"{queue}\",task=\"{task}\"}} 0");
+            assert!(
+                before.lines().any(|l| l == line),
+                "{line} missing:\n{before}"
+            );
+        }
+    }
+    let line = format!("worker_panics_total{{queue=\"{queue}\"}} 0");
+    assert!(before.lines().any(|l| l == line), "{line} missing");
+    assert!(
+        before.contains("worker_task_duration_seconds_count{task=\"worker.fail\"} 0"),
+        "histogram not initialised"
+    );
     let started_before = counter(&before, "worker_tasks_started_total", "worker.ping");
     let q = queue.clone();
     let id = tokio::task::spawn_blocking(move || {

@@ -193,6 +193,34 @@ async fn the_scheduler_alone_serves_health_readiness_and_tick_metrics() {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "worker_schedule_reloads_rejected_total 0"),
+        "{metrics}"
+    );
+    // An invalid edit is refused, and counted.
+    std::fs::write(
+        &file,
+        "[[schedule]]\nname = \"alone-every-second\"\ncronn = \"x\"\n",
+    )
+    .unwrap();
+    let counted = wait_until(Duration::from_secs(10), || async {
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .any(|l| l == "worker_schedule_reloads_rejected_total 1")
+    })
+    .await;
+    assert!(
+        counted,
+        "rejected reload not counted:\n{}",
+        scheduler.logs()
+    );
 
     drop(scheduler);
     let _ = std::fs::remove_file(&file);

@@ -31,6 +31,8 @@ pub(crate) struct Metrics {
     pub dependency_up: GaugeVec,
     pub schedule_last_tick: GaugeVec,
     pub schedule_next_tick: GaugeVec,
+    pub schedule_reloads_rejected: IntCounter,
+    pub events_dropped: IntCounter,
     pub redis_used_memory_bytes: Gauge,
     pub redis_hit_rate: Gauge,
     pub redis_evicted_keys: Gauge,
@@ -183,6 +185,16 @@ impl Metrics {
                 "Unix time of the next tick.",
                 &["schedule"],
             ),
+            schedule_reloads_rejected: int_counter(
+                &registry,
+                "worker_schedule_reloads_rejected_total",
+                "Edits of the schedules file refused as invalid (the previous schedules kept running).",
+            ),
+            events_dropped: int_counter(
+                &registry,
+                "worker_events_dropped_total",
+                "Celery events (for Flower) not sent: the publisher's queue was full or the broker away.",
+            ),
             redis_used_memory_bytes: gauge(
                 &registry,
                 "worker_redis_used_memory_bytes",
@@ -199,6 +211,35 @@ impl Metrics {
                 "Redis INFO evicted_keys.",
             ),
             registry,
+        }
+    }
+
+    /// Create every per-task and per-queue series at 0, so a rate or a ratio over them has data
+    /// from startup, not from the first failure (a series that does not exist yet makes
+    /// `rate(failed) / rate(started)` empty, not 0). Only known names: the registry's tasks and
+    /// the consumed queues, never a name a message brought.
+    pub(crate) fn initialise(&self, tasks: &[&str], queues: &[String]) {
+        for queue in queues {
+            let q = queue.as_str();
+            self.worker_panics.with_label_values(&[q]);
+            self.messages_delayed.with_label_values(&[q]);
+            for &task in tasks {
+                for counter in [
+                    &self.tasks_started,
+                    &self.tasks_succeeded,
+                    &self.tasks_failed,
+                    &self.tasks_retried,
+                    &self.tasks_with_errors,
+                ] {
+                    counter.with_label_values(&[task, q]);
+                }
+            }
+        }
+        for &task in tasks {
+            self.task_duration.with_label_values(&[task]);
+        }
+        for kind in ["multiple", "single"] {
+            self.ack_frames.with_label_values(&[kind]);
         }
     }
 

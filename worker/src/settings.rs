@@ -149,6 +149,15 @@ pub struct RunSettings {
     #[arg(long, env = "WORKER_HOSTNAME")]
     pub hostname: Option<String>,
 
+    /// Send Celery's task and worker events from startup (Celery's `worker_send_task_events`);
+    /// off, they start when remote control's `enable_events` arrives (Flower sends it).
+    #[arg(long, env = "WORKER_SEND_EVENTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub send_events: bool,
+
+    /// Celery's `event_exchange`: the topic exchange events are published to.
+    #[arg(long, env = "WORKER_EVENT_EXCHANGE", default_value = "celeryev")]
+    pub event_exchange: String,
+
     /// Store STARTED when a task begins (Celery's `task_track_started`).
     #[arg(long, env = "WORKER_TRACK_STARTED", default_value_t = true, action = clap::ArgAction::Set)]
     pub track_started: bool,

@@ -21,6 +21,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde_json::json;
@@ -36,6 +37,7 @@ use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::control::store::RevokedStore;
 use crate::adapters::control::{broker_facts, mailbox};
 use crate::adapters::delay;
+use crate::adapters::events::{self, Dispatcher, Events};
 use crate::adapters::http::{
     self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource,
 };
@@ -119,6 +121,11 @@ struct Engine {
     health: Arc<QueueHealth>,
     /// Remote control: the commands' state and the mailbox's names.
     control: (Arc<Panel>, MailboxNames),
+    /// The events publisher and what the executor sends it.
+    events: (
+        Dispatcher,
+        tokio::sync::mpsc::Receiver<crate::wire::events::Event>,
+    ),
 }
 
 /// How the service ended.
@@ -178,13 +185,33 @@ impl Worker {
         let (registry, postgres, engine) = match &settings.consume {
             Some(consume) => {
                 let (registry, pool) = jobs_registry(conn, consume).await?;
+                let names: Vec<&str> = registry.iter().map(|j| j.name()).collect();
+                crate::metrics::METRICS.initialise(&names, &consume.run.queues);
                 let results = ResultWriter::new(
                     store.clone(),
                     Arc::clone(&publisher),
                     &consume.run.undelivered_results_queue,
                 );
-                let panel =
-                    remote_control(conn, &consume.run, &hostname, &registry, &store, &redis).await;
+                let events_on = Arc::new(AtomicBool::new(consume.run.send_events));
+                let panel = remote_control(
+                    conn,
+                    &consume.run,
+                    &hostname,
+                    (&registry, &store, &redis),
+                    Arc::clone(&events_on),
+                )
+                .await;
+                let (events, events_rx) = Events::new(Arc::clone(&events_on));
+                let dispatcher = Dispatcher {
+                    url: conn.rabbitmq_url.clone(),
+                    exchange: consume.run.event_exchange.clone(),
+                    source: crate::wire::events::Source {
+                        hostname: hostname.clone(),
+                        pid: std::process::id(),
+                    },
+                    enabled: events_on,
+                    inflight: Arc::clone(&panel.inflight),
+                };
                 let executor = Arc::new(
                     Executor::new(
                         registry.clone(),
@@ -192,7 +219,8 @@ impl Worker {
                         Arc::clone(&publisher),
                         executor_settings(&consume.run, &hostname),
                     )
-                    .with_remote_control(Arc::clone(&panel.inflight), Arc::clone(&panel.revoked)),
+                    .with_remote_control(Arc::clone(&panel.inflight), Arc::clone(&panel.revoked))
+                    .with_events(events),
                 );
                 let engine = Engine {
                     executor,
@@ -206,6 +234,7 @@ impl Worker {
                     results_waiting: Arc::default(),
                     health: Arc::new(QueueHealth::default()),
                     control: (panel, MailboxNames::new(&conn.control_exchange)),
+                    events: (dispatcher, events_rx),
                 };
                 (registry, Some(pool), Some(engine))
             }
@@ -363,6 +392,12 @@ impl Worker {
                     depth: Arc::clone(&engine.results_waiting),
                 };
                 background.push(tokio::spawn(drainer.run(shutdown.clone())));
+                let (dispatcher, events_rx) = engine.events;
+                background.push(tokio::spawn(events::run(
+                    dispatcher,
+                    events_rx,
+                    shutdown.clone(),
+                )));
                 let (panel, names) = engine.control;
                 let mailbox =
                     mailbox::run(engine.rabbitmq_url.clone(), names, panel, shutdown.clone());
@@ -513,9 +548,8 @@ async fn remote_control(
     conn: &ConnectionSettings,
     run: &RunSettings,
     hostname: &str,
-    registry: &Registry,
-    results: &ResultStore,
-    redis: &redis::aio::ConnectionManager,
+    (registry, results, redis): (&Registry, &ResultStore, &redis::aio::ConnectionManager),
+    events_on: Arc<AtomicBool>,
 ) -> Arc<Panel> {
     let store = RevokedStore::new(redis.clone(), &conn.key_prefix);
     let limits = run.time_limits();
@@ -537,7 +571,8 @@ async fn remote_control(
         store,
         results.clone(),
         facts,
-    );
+    )
+    .with_events(events_on);
     panel.load_revoked().await;
     Arc::new(panel)
 }

@@ -13,6 +13,7 @@
 pub mod broker;
 pub(crate) mod control;
 pub(crate) mod delay;
+pub(crate) mod events;
 pub(crate) mod http;
 pub(crate) mod postgres;
 pub(crate) mod redis_conn;

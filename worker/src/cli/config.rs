@@ -27,6 +27,8 @@ pub(crate) fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "WORKER_CONCURRENCY": s.concurrency,
         "WORKER_HOSTNAME": s.hostname(),
         "WORKER_TRACK_STARTED": s.track_started,
+        "WORKER_SEND_EVENTS": s.send_events,
+        "WORKER_EVENT_EXCHANGE": s.event_exchange,
         "WORKER_TRACK_STARTED_AFTER_MS": s.track_started_after_ms,
         "WORKER_RESULT_EXTENDED": s.result_extended,
         "WORKER_DEDUPLICATE_SUCCESSFUL_TASKS": s.deduplicate_successful_tasks,

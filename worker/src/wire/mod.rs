@@ -12,6 +12,7 @@ pub(crate) mod canvas;
 pub(crate) mod control;
 pub mod delivery;
 pub(crate) mod encode;
+pub(crate) mod events;
 pub(crate) mod exception;
 pub(crate) mod kombu_json;
 pub(crate) mod message;

@@ -49,6 +49,24 @@ impl Properties {
             ..Self::default()
         }
     }
+
+    /// What kombu sets on an event: JSON, transient (the dispatcher's `delivery_mode=1`), and
+    /// the `hostname` header.
+    pub fn celery_event(hostname: &str) -> Self {
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            "hostname".into(),
+            lapin::types::AMQPValue::LongString(hostname.as_bytes().to_vec().into()),
+        );
+        Self {
+            content_type: Some(CONTENT_TYPE_JSON.into()),
+            content_encoding: Some(CONTENT_ENCODING_UTF8.into()),
+            headers,
+            delivery_mode: Some(super::control::TRANSIENT),
+            priority: Some(0),
+            ..Self::default()
+        }
+    }
 }
 
 fn text(s: &Option<ShortString>) -> Option<String> {

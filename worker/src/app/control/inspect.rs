@@ -212,6 +212,8 @@ pub(crate) fn conf_of(
         "WORKER_CONCURRENCY": run.concurrency,
         "WORKER_HOSTNAME": run.hostname(),
         "WORKER_TRACK_STARTED": run.track_started,
+        "WORKER_SEND_EVENTS": run.send_events,
+        "WORKER_EVENT_EXCHANGE": run.event_exchange,
         "WORKER_TRACK_STARTED_AFTER_MS": run.track_started_after_ms,
         "WORKER_RESULT_EXTENDED": run.result_extended,
         "WORKER_MAX_MESSAGE_BYTES": run.max_message_bytes,

@@ -46,9 +46,9 @@ pub(crate) struct Panel {
     started: Instant,
     /// kombu's Lamport clock, forwarded on every command.
     clock: AtomicU64,
-    /// `enable_events`/`disable_events`: whether task events are asked for (sent by a later
-    /// issue; the flag and its replies are Celery's already).
-    task_events: AtomicBool,
+    /// `enable_events`/`disable_events`: whether events are sent; shared with the events
+    /// dispatcher (`adapters::events`), which reads it.
+    task_events: Arc<AtomicBool>,
 }
 
 /// The worker's fixed description.
@@ -113,8 +113,14 @@ impl Panel {
             facts,
             started: Instant::now(),
             clock: AtomicU64::new(0),
-            task_events: AtomicBool::new(false),
+            task_events: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Share the events on/off flag with the events dispatcher.
+    pub(crate) fn with_events(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.task_events = flag;
+        self
     }
 
     /// Forward the clock (every command does, as Celery's pidbox does) and return it.

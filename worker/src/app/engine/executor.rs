@@ -41,12 +41,14 @@ use super::time_limit::{self, run_limited};
 use crate::adapters::broker::dead_letter;
 use crate::adapters::broker::publisher::{Declare, Publisher};
 use crate::adapters::broker::settle::Incoming;
+use crate::adapters::events::Events;
 use crate::adapters::results::ResultWriter;
 use crate::app::control::revoked::Revoked;
 use crate::app::registry::{CallArgs, ErasedJob, JobContext, Registry};
 use crate::metrics::METRICS;
 use crate::settings::{DelayQueueType, TimeLimits};
 use crate::wire::delivery::{self, Delivered};
+use crate::wire::events::{Event, RevokedHow};
 use crate::wire::message::Limits;
 use crate::wire::outgoing::MAX_DELAY;
 use crate::wire::result::Origin;
@@ -89,6 +91,8 @@ pub(crate) struct Executor {
     revoked: Arc<Revoked>,
     /// Callbacks, chains and errbacks (see [`canvas`]).
     canvas: CanvasRunner,
+    /// Celery events for Flower: one non-blocking call at each state change.
+    events: Arc<Events>,
 }
 
 /// How a delivery is settled with the broker.
@@ -137,7 +141,14 @@ impl Executor {
             requeues: Requeues::default(),
             inflight: Arc::default(),
             revoked: Arc::default(),
+            events: Events::off(),
         }
+    }
+
+    /// Send Celery events through `events`.
+    pub(crate) fn with_events(mut self, events: Arc<Events>) -> Self {
+        self.events = events;
+        self
     }
 
     /// Share the held tasks and the revoked ids with remote control.
@@ -214,6 +225,9 @@ impl Executor {
                 settlements.ack(tag)
             }
             Settle::Requeue { .. } => {
+                if let Some(id) = top_level_id(&delivery) {
+                    self.events.send(|| Event::task_rejected(&id, true));
+                }
                 // Do not spin on a service that keeps failing.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if let Err(e) = settlements.requeue(tag).await {
@@ -290,6 +304,7 @@ impl Executor {
         if let Some(settle) = self.skipped(&message, &canvas, origin).await {
             return settle;
         }
+        self.events.send(|| Event::task_received(&message));
         let held = self.inflight.enter(
             &message,
             queue,
@@ -349,6 +364,8 @@ impl Executor {
             }
         };
         held.active();
+        self.events.send(|| Event::task_started(&message.id));
+        let began = Instant::now();
         let run = self.invoke(job.as_ref(), &message, queue, held.abort());
         tokio::pin!(run);
         let outcome = tokio::select! {
@@ -381,12 +398,17 @@ impl Executor {
                         return Settle::Requeue { problem };
                     }
                 }
+                let runtime = began.elapsed().as_secs_f64();
+                self.events
+                    .send(|| Event::task_succeeded(&message.id, &value, runtime));
                 self.chord_part(&message, &canvas, State::Success, value)
                     .await
             }
             // Cancelled by `revoke(terminate=True)`: Celery stores TaskRevokedError('terminated').
             Err(err) if held.abort().is_cancelled() => {
                 info!("task terminated by a remote revoke; storing REVOKED");
+                self.events
+                    .send(|| Event::task_revoked(&message.id, RevokedHow::Terminated));
                 if record
                     && let Settle::Requeue { problem } =
                         self.record(ResultMeta::revoked(&err, origin)).await
@@ -401,6 +423,7 @@ impl Executor {
                     self.retry(queue, &message, &err, countdown, record).await
                 }
                 Decision::Fail(err) => {
+                    self.events.send(|| Event::task_failed(&message.id, &err));
                     METRICS
                         .tasks_failed
                         .with_label_values(&[message.task.as_str(), queue])
@@ -515,6 +538,7 @@ impl Executor {
         match published {
             Ok(()) => {
                 info!(countdown_s = countdown.as_secs_f64(), retries = message.retries + 1, error = %err, "task will be retried");
+                self.events.send(|| Event::task_retried(&message.id, err));
                 METRICS
                     .tasks_retried
                     .with_label_values(&[message.task.as_str(), queue])
@@ -635,6 +659,10 @@ impl Executor {
                     .messages_dead_lettered
                     .with_label_values(&[queue, reason])
                     .inc();
+                if let Some(origin) = &origin {
+                    self.events
+                        .send(|| Event::task_failed(&origin.message.id, err));
+                }
                 match origin {
                     Some(origin) => self.record(ResultMeta::failure(err, origin)).await,
                     None => Settle::Ack,
@@ -695,17 +723,22 @@ impl Executor {
         canvas: &crate::wire::canvas::Canvas,
         origin: Origin<'_>,
     ) -> Option<Settle> {
-        let (err, store) = match message.expires {
+        let (err, store, how) = match message.expires {
             Some(expires) if Utc::now() > expires => {
                 info!(expired_at = %expires, "task expired before it ran; storing REVOKED");
-                (TaskError::expired(), true)
+                (TaskError::expired(), true, RevokedHow::Expired)
             }
             _ if self.revoked.contains(&message.id, Utc::now()) => {
                 info!("Discarding revoked task: {}[{}]", message.task, message.id);
-                (TaskError::revoked("revoked"), !message.ignore_result)
+                (
+                    TaskError::revoked("revoked"),
+                    !message.ignore_result,
+                    RevokedHow::ByRevoke,
+                )
             }
             _ => return None,
         };
+        self.events.send(|| Event::task_revoked(&message.id, how));
         if store
             && let Settle::Requeue { problem } =
                 self.record(ResultMeta::revoked(&err, origin)).await

@@ -22,6 +22,7 @@ use super::file::{Warning, parse_schedules};
 use super::runner::{Shared, Start, run_schedule};
 use super::schedule::Schedule;
 use super::{ScheduleFileError, SchedulerError, SchedulerSettings};
+use crate::metrics::METRICS;
 
 struct Running {
     schedule: Arc<Schedule>,
@@ -132,6 +133,7 @@ impl Supervisor {
                 self.apply(schedules, Start::Reload).await;
             }
             Err(err) => {
+                METRICS.schedule_reloads_rejected.inc();
                 error!("schedules file rejected, the previous schedules keep running:\n{err}");
             }
         }
