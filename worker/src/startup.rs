@@ -36,8 +36,9 @@ use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::control::store::RevokedStore;
 use crate::adapters::control::{broker_facts, mailbox};
 use crate::adapters::delay;
+use crate::adapters::failures::FailureLog;
 use crate::adapters::http::{
-    self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource,
+    self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource, StatusSources,
 };
 use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::redis_conn::{self, InvalidRedisUrl, RedisConnectError};
@@ -192,7 +193,8 @@ impl Worker {
                         Arc::clone(&publisher),
                         executor_settings(&consume.run, &hostname),
                     )
-                    .with_remote_control(Arc::clone(&panel.inflight), Arc::clone(&panel.revoked)),
+                    .with_remote_control(Arc::clone(&panel.inflight), Arc::clone(&panel.revoked))
+                    .with_failure_log(FailureLog::new(redis.clone(), &conn.key_prefix)),
                 );
                 let engine = Engine {
                     executor,
@@ -252,10 +254,27 @@ impl Worker {
                 });
                 source
             });
+            let status = StatusSources {
+                rabbitmq_url: conn.rabbitmq_url.clone(),
+                control_exchange: conn.control_exchange.clone(),
+                queues: engine
+                    .as_ref()
+                    .map(|e| e.queues.clone())
+                    .unwrap_or_default(),
+                undelivered_queue: settings
+                    .consume
+                    .as_ref()
+                    .map(|c| c.run.undelivered_results_queue.clone())
+                    .unwrap_or_default(),
+                failures: FailureLog::new(redis.clone(), &conn.key_prefix),
+                publisher: Arc::clone(&publisher),
+                scheduler: scheduler.as_ref().map(SchedulerService::reporter),
+            };
             let state = HttpState {
                 results: store,
                 dependencies: Arc::clone(&dependencies),
                 schedules,
+                status: Arc::new(status),
             };
             let server = HttpServer::bind(addr, state, &settings.service.http)
                 .await

@@ -1,4 +1,5 @@
-//! The scheduler's commands: `worker check-schedules [FILE]`, `worker schedules [--json]`, and
+//! The scheduler's commands: `worker check-schedules [FILE]`, `worker schedules [--json]`,
+//! `worker schedules run NAME`, and
 //! `worker scheduler` (the scheduler alone, without consuming, built by the same composition
 //! root as `worker run`).
 
@@ -9,6 +10,7 @@ use clap::Args;
 use tracing::warn;
 
 use super::Outcome;
+use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::redis_conn;
 use crate::app::registry::catalogue;
 use crate::app::scheduler::{self, Schedule};
@@ -23,12 +25,26 @@ pub(crate) struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct ListArgs {
     #[command(flatten)]
     pub schedules: ScheduleSettings,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<ScheduleAction>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ScheduleAction {
+    /// Publish schedule NAME's task once, now (as its tick would; the regular ticks go on).
+    Run {
+        #[command(flatten)]
+        schedules: ScheduleSettings,
+        /// The schedule's name in the schedules file.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +88,9 @@ pub(crate) fn check(conn: &ConnectionSettings, args: CheckArgs) -> anyhow::Resul
 }
 
 pub(crate) async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::Result<Outcome> {
+    if let Some(ScheduleAction::Run { schedules, name }) = args.action {
+        return run_now(conn, &schedules, &name).await;
+    }
     let schedules = load(&args.schedules.schedules_file, conn)?;
     let (_, mut redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
     let status = scheduler::status(&schedules, &mut redis, &conn.key_prefix, Utc::now()).await?;
@@ -103,4 +122,26 @@ pub(crate) async fn run_alone(
         Stopped::Clean => Outcome::Success,
         Stopped::Fatal(_) => Outcome::Failed,
     })
+}
+
+/// `worker schedules run NAME`: through the same publisher as the scheduler's ticks.
+async fn run_now(
+    conn: &ConnectionSettings,
+    settings: &ScheduleSettings,
+    name: &str,
+) -> anyhow::Result<Outcome> {
+    let schedules = load(&settings.schedules_file, conn)?;
+    let publisher = Publisher::new(&conn.rabbitmq_url, &super::send::cli_origin());
+    match scheduler::run_now(&schedules, name, &publisher).await {
+        Ok(message) => {
+            println!("id: {}", message.task_id);
+            println!("{name}: {} published to {}", message.task, message.queue);
+            Ok(Outcome::Success)
+        }
+        Err(e @ scheduler::RunNowError::Unknown(_)) => {
+            eprintln!("{e}");
+            Ok(Outcome::Failed)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

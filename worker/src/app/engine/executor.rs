@@ -41,6 +41,7 @@ use super::time_limit::{self, run_limited};
 use crate::adapters::broker::dead_letter;
 use crate::adapters::broker::publisher::{Declare, Publisher};
 use crate::adapters::broker::settle::Incoming;
+use crate::adapters::failures::{self, FailureLog};
 use crate::adapters::results::ResultWriter;
 use crate::app::control::revoked::Revoked;
 use crate::app::registry::{CallArgs, ErasedJob, JobContext, Registry};
@@ -89,6 +90,8 @@ pub(crate) struct Executor {
     revoked: Arc<Revoked>,
     /// Callbacks, chains and errbacks (see [`canvas`]).
     canvas: CanvasRunner,
+    /// Where failures and retries are noted for the status page (none in unit tests).
+    failures: Option<FailureLog>,
 }
 
 /// How a delivery is settled with the broker.
@@ -137,6 +140,36 @@ impl Executor {
             requeues: Requeues::default(),
             inflight: Arc::default(),
             revoked: Arc::default(),
+            failures: None,
+        }
+    }
+
+    /// Note failures and retries in `log` (the status page's recent failures).
+    pub(crate) fn with_failure_log(mut self, log: FailureLog) -> Self {
+        self.failures = Some(log);
+        self
+    }
+
+    /// One failure or retry for the status page; never waits (see [`FailureLog::note`]).
+    fn note_failure(
+        &self,
+        kind: failures::Kind,
+        queue: &str,
+        message: &TaskMessage,
+        err: &TaskError,
+    ) {
+        if let Some(log) = &self.failures {
+            let worker = self.settings.hostname.as_str();
+            let entry = failures::Entry::new(
+                kind,
+                &message.id,
+                &message.task,
+                queue,
+                worker,
+                message.retries,
+                err,
+            );
+            log.note(entry);
         }
     }
 
@@ -401,6 +434,7 @@ impl Executor {
                     self.retry(queue, &message, &err, countdown, record).await
                 }
                 Decision::Fail(err) => {
+                    self.note_failure(failures::Kind::Failure, queue, &message, &err);
                     METRICS
                         .tasks_failed
                         .with_label_values(&[message.task.as_str(), queue])
@@ -514,6 +548,7 @@ impl Executor {
         };
         match published {
             Ok(()) => {
+                self.note_failure(failures::Kind::Retry, queue, message, err);
                 info!(countdown_s = countdown.as_secs_f64(), retries = message.retries + 1, error = %err, "task will be retried");
                 METRICS
                     .tasks_retried

@@ -41,6 +41,7 @@ mod cron_expr;
 mod decide;
 mod duration;
 mod file;
+mod run_now;
 mod runner;
 mod schedule;
 pub(crate) mod service;
@@ -58,7 +59,9 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+pub use duration::parse_duration;
 pub use file::{ScheduleFileError, check_file, parse_schedules};
+pub use run_now::{RunNowError, run_now};
 pub use schedule::{CatchUp, Schedule, Timing};
 pub use status::{ScheduleStatus, describe, status};
 
