@@ -80,6 +80,8 @@ struct Scene {
     schedules: PathBuf,
     failed_id: String,
     dead_id: String,
+    /// Its own database (the schedule pauses' table is created there).
+    db: Option<TestDatabase>,
 }
 
 impl Scene {
@@ -88,7 +90,8 @@ impl Scene {
         let sched_queue = format!("{queue}-sched");
         let prefix = format!("{}:", unique("status-prefix"));
         let schedules = schedules_file(&sched_queue);
-        let worker = start_worker(&queue, &prefix, &schedules);
+        let db = TestDatabase::create().await;
+        let worker = start_worker(&queue, &prefix, &schedules, &db.url);
         let key_prefix = prefix.clone();
         // A failure we cause, its exception hostile HTML.
         let kwargs = json!({ "message": HOSTILE }).to_string();
@@ -135,6 +138,7 @@ impl Scene {
             schedules,
             failed_id: failed,
             dead_id: dead,
+            db: Some(db),
         }
     }
 
@@ -159,10 +163,22 @@ impl Scene {
             .await
             .unwrap_or(());
         let _ = std::fs::remove_file(&self.schedules);
+        if let Some(db) = self.db.take() {
+            db.drop_now().await;
+        }
+    }
+
+    fn db_url(&self) -> String {
+        self.db.as_ref().map(|d| d.url.clone()).unwrap_or_default()
     }
 }
 
-fn start_worker(queue: &str, prefix: &str, schedules: &std::path::Path) -> WorkerProcess {
+fn start_worker(
+    queue: &str,
+    prefix: &str,
+    schedules: &std::path::Path,
+    database_url: &str,
+) -> WorkerProcess {
     let schedules = schedules.to_str().unwrap().to_owned();
     WorkerProcess::start(
         &[queue.to_owned()],
@@ -171,6 +187,7 @@ fn start_worker(queue: &str, prefix: &str, schedules: &std::path::Path) -> Worke
             ("WORKER_KEY_PREFIX", prefix),
             ("WORKER_NO_SCHEDULER", "false"),
             ("SCHEDULES_FILE", &schedules),
+            ("DATABASE_URL", database_url),
         ],
     )
 }
@@ -340,6 +357,36 @@ async fn the_api_shows_the_real_state_behind_the_token_and_its_actions_work() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // Pause and resume through the API: the listing says so.
+    let post = |path: &str| {
+        client()
+            .post(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    assert_eq!(
+        post("/api/schedules/ping-later/pause")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let listed = api(&base, "/api/schedules").await;
+    assert_eq!(listed[0]["paused"], true, "{listed}");
+    assert_eq!(
+        post("/api/schedules/no-such/pause").await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        post("/api/schedules/ping-later/resume")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let listed = api(&base, "/api/schedules").await;
+    assert_eq!(listed[0]["paused"], false, "{listed}");
+
     // A cross-site POST is refused even with the credentials.
     let r = client()
         .post(format!("{base}/api/schedules/ping-later/run"))
@@ -395,7 +442,12 @@ async fn the_api_shows_the_real_state_behind_the_token_and_its_actions_work() {
 
     // The failures survive a restart: they are in Redis, not in the process.
     drop(scene.worker.take());
-    let worker = start_worker(&scene.queue, &scene.prefix, &scene.schedules);
+    let worker = start_worker(
+        &scene.queue,
+        &scene.prefix,
+        &scene.schedules,
+        &scene.db_url(),
+    );
     let base = format!("http://{}", worker.http_addr());
     let failures = api(&base, "/api/failures?since=1h").await;
     assert!(
@@ -759,6 +811,31 @@ async fn the_page_in_chromium_shows_the_state_and_run_now_and_replay_work() {
     assert_eq!(seen[0].0["task"], "worker.ping");
     assert_eq!(seen[0].0["schedule"], "ping-later");
     browser.screenshot("status-page-run-now.png").await;
+
+    // Click "Pause": the page shows it paused, with "Resume"; click that, and it is not.
+    browser
+        .click("tr.schedule[data-schedule=\"ping-later\"] button.pause")
+        .await;
+    assert!(browser.text("#note").await.starts_with("Paused"));
+    assert_eq!(
+        browser
+            .find_all("tr.schedule[data-schedule=\"ping-later\"] button.resume")
+            .await
+            .len(),
+        1
+    );
+    browser.screenshot("status-page-paused.png").await;
+    browser
+        .click("tr.schedule[data-schedule=\"ping-later\"] button.resume")
+        .await;
+    assert!(browser.text("#note").await.starts_with("Resumed"));
+    assert_eq!(
+        browser
+            .find_all("tr.schedule[data-schedule=\"ping-later\"] button.pause")
+            .await
+            .len(),
+        1
+    );
 
     // Click "Replay" on the hand-made letter: it runs and succeeds; the other stays.
     browser

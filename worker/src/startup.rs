@@ -51,7 +51,7 @@ use crate::app::control::{Facts, Panel};
 use crate::app::engine::{self, Executor, ExecutorSettings, QueueHealth};
 use crate::app::registry::{Registry, catalogue, registry};
 use crate::app::scheduler::service::SchedulerService;
-use crate::app::scheduler::{ScheduleFileError, TickPublisher};
+use crate::app::scheduler::{Pauses, ScheduleFileError, TickPublisher};
 use crate::settings::{
     self, ConnectionSettings, JobSettings, RunSettings, ServiceSettings, redact_url,
 };
@@ -227,17 +227,30 @@ impl Worker {
             results_waiting: engine.as_ref().map(|e| Arc::clone(&e.results_waiting)),
         });
 
+        // Paused schedules live in PostgreSQL (connected lazily: only the scheduler asks).
+        let pauses = settings.schedules.as_ref().and_then(|_| {
+            Pauses::connect_lazy(&conn.database_url_for_sqlx(), &conn.key_prefix)
+                .map_err(|_| {
+                    warn!("DATABASE_URL cannot be used for schedule pauses; pausing is off")
+                })
+                .ok()
+                .map(Arc::new)
+        });
         let scheduler = match &settings.schedules {
             Some(path) => {
                 let ticks: Arc<dyn TickPublisher> = Arc::clone(&publisher) as _;
-                Some(SchedulerService::prepare(
+                let service = SchedulerService::prepare(
                     path,
                     conn.default_timezone,
                     &conn.key_prefix,
                     registry.routes(),
                     redis.clone(),
                     ticks,
-                )?)
+                )?;
+                Some(match &pauses {
+                    Some(p) => service.with_pauses(Arc::clone(p)),
+                    None => service,
+                })
             }
             None => None,
         };
@@ -269,6 +282,7 @@ impl Worker {
                 failures: FailureLog::new(redis.clone(), &conn.key_prefix),
                 publisher: Arc::clone(&publisher),
                 scheduler: scheduler.as_ref().map(SchedulerService::reporter),
+                pauses: pauses.clone(),
             };
             let state = HttpState {
                 results: store,

@@ -1,5 +1,5 @@
 //! The scheduler's commands: `worker check-schedules [FILE]`, `worker schedules [--json]`,
-//! `worker schedules run NAME`, and
+//! `worker schedules run|pause|resume NAME`, and
 //! `worker scheduler` (the scheduler alone, without consuming, built by the same composition
 //! root as `worker run`).
 
@@ -45,6 +45,18 @@ pub(crate) enum ScheduleAction {
         /// The schedule's name in the schedules file.
         name: String,
     },
+    /// Pause schedule NAME on every replica, across restarts, until resumed (PostgreSQL).
+    Pause {
+        #[command(flatten)]
+        schedules: ScheduleSettings,
+        name: String,
+    },
+    /// Resume a paused schedule: it ticks again from its next fire time.
+    Resume {
+        #[command(flatten)]
+        schedules: ScheduleSettings,
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -88,8 +100,17 @@ pub(crate) fn check(conn: &ConnectionSettings, args: CheckArgs) -> anyhow::Resul
 }
 
 pub(crate) async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::Result<Outcome> {
-    if let Some(ScheduleAction::Run { schedules, name }) = args.action {
-        return run_now(conn, &schedules, &name).await;
+    match args.action {
+        Some(ScheduleAction::Run { schedules, name }) => {
+            return run_now(conn, &schedules, &name).await;
+        }
+        Some(ScheduleAction::Pause { schedules, name }) => {
+            return pause(conn, &schedules, &name, true).await;
+        }
+        Some(ScheduleAction::Resume { schedules, name }) => {
+            return pause(conn, &schedules, &name, false).await;
+        }
+        None => {}
     }
     let schedules = load(&args.schedules.schedules_file, conn)?;
     let (_, mut redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
@@ -144,4 +165,38 @@ async fn run_now(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `worker schedules pause|resume NAME`: a row in PostgreSQL every replica checks.
+async fn pause(
+    conn: &ConnectionSettings,
+    settings: &ScheduleSettings,
+    name: &str,
+    pause: bool,
+) -> anyhow::Result<Outcome> {
+    let schedules = load(&settings.schedules_file, conn)?;
+    if !schedules.iter().any(|s| s.name == name) {
+        eprintln!(
+            "no schedule named {name:?} in {}",
+            settings.schedules_file.display()
+        );
+        return Ok(Outcome::Failed);
+    }
+    let pauses = scheduler::Pauses::connect_lazy(&conn.database_url_for_sqlx(), &conn.key_prefix)
+        .map_err(|_| anyhow::anyhow!("DATABASE_URL cannot be used"))?;
+    let changed = if pause {
+        pauses.pause(name).await
+    } else {
+        pauses.resume(name).await
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "PostgreSQL: {}",
+            crate::settings::redact_text(&e.to_string())
+        )
+    })?;
+    let state = if pause { "paused" } else { "resumed" };
+    let already = if changed { "" } else { " (it already was)" };
+    println!("{name}: {state}{already}");
+    Ok(Outcome::Success)
 }

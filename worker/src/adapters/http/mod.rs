@@ -60,6 +60,8 @@ fn router(state: HttpState, http: &HttpSettings) -> Router {
         .route("/schedules", get(schedules))
         .route("/status", get(status::page))
         .route("/status/schedules/{name}/run", post(status::page_run))
+        .route("/status/schedules/{name}/pause", post(status::page_pause))
+        .route("/status/schedules/{name}/resume", post(status::page_resume))
         .route(
             "/status/dead-letters/{queue}/replay",
             post(status::page_replay),
@@ -74,6 +76,8 @@ fn router(state: HttpState, http: &HttpSettings) -> Router {
         .route("/api/failures", get(status::api_failures))
         .route("/api/schedules", get(status::api_schedules))
         .route("/api/schedules/{name}/run", post(status::api_run))
+        .route("/api/schedules/{name}/pause", post(status::api_pause))
+        .route("/api/schedules/{name}/resume", post(status::api_resume))
         .route("/api/dead-letters", get(status::api_dead_letters))
         .route("/api/dead-letters/{queue}/replay", post(status::api_replay))
         .route("/api/dead-letters/{queue}/delete", post(status::api_delete))

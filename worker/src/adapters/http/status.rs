@@ -1,7 +1,7 @@
 //! The operators' status page, `/status`, and the same data as JSON under `/api/...`: workers
 //! online, queue depths and consumers, the schedules with their next and last runs, recent
-//! failures and retries, and dead letters — with "run now" for a schedule and "replay" and
-//! "delete" for a dead letter.
+//! failures and retries, and dead letters — with "run now", "pause" and "resume" for a
+//! schedule and "replay" and "delete" for a dead letter.
 //!
 //! Everything is behind `WORKER_HTTP_TOKEN` (the auth layer guards every path but the probes).
 //! Actions are POST only, so a link or an image on another site cannot trigger one. Since a
@@ -35,7 +35,7 @@ use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::failures::{Entry, FailureLog};
 use crate::adapters::overview::{self, QueueRow, WorkerRow};
 use crate::app::scheduler::service::StatusReporter;
-use crate::app::scheduler::{self, RunNowError, parse_duration};
+use crate::app::scheduler::{self, Pauses, RunNowError, parse_duration};
 
 /// Dead letters shown per queue.
 pub(crate) const MAX_LETTERS: usize = 50;
@@ -43,6 +43,8 @@ pub(crate) const MAX_LETTERS: usize = 50;
 pub(crate) const MAX_FAILURES: usize = 200;
 /// How long the workers' replies are waited for (each reply restarts the wait).
 const WORKERS_TIMEOUT: Duration = Duration::from_millis(800);
+/// How long the pauses are waited for.
+const PAUSES_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default window of recent failures.
 const DEFAULT_SINCE: &str = "24h";
 
@@ -58,6 +60,8 @@ pub(crate) struct StatusSources {
     /// Replays dead letters and publishes "run now" (the scheduler's own publisher).
     pub publisher: Arc<Publisher>,
     pub scheduler: Option<StatusReporter>,
+    /// Paused schedules (PostgreSQL); `None` without a scheduler.
+    pub pauses: Option<Arc<Pauses>>,
 }
 
 /// One section's data, or why it is missing.
@@ -109,10 +113,39 @@ impl StatusSources {
     }
 
     async fn schedules(&self) -> Section<Value> {
-        match &self.scheduler {
-            Some(reporter) => Ok(reporter.report().await),
-            None => Err("the scheduler does not run in this process"),
+        let Some(reporter) = &self.scheduler else {
+            return Err("the scheduler does not run in this process");
+        };
+        let mut doc = reporter.report().await;
+        // Each schedule says whether it is paused (`null`: PostgreSQL did not answer).
+        let paused = match &self.pauses {
+            Some(p) => match tokio::time::timeout(PAUSES_TIMEOUT, p.list()).await {
+                Ok(Ok(list)) => Some(list),
+                Ok(Err(e)) => {
+                    warn!(error = %crate::settings::redact_text(&e.to_string()), "status page: cannot read the pauses");
+                    None
+                }
+                Err(_) => None,
+            },
+            None => Some(Vec::new()),
+        };
+        if let Some(list) = doc.as_array_mut() {
+            for s in list.iter_mut() {
+                let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+                let (is, at) = match &paused {
+                    Some(all) => match all.iter().find(|p| p.schedule == name) {
+                        Some(p) => (json!(true), json!(p.paused_at)),
+                        None => (json!(false), Value::Null),
+                    },
+                    None => (Value::Null, Value::Null),
+                };
+                if let Some(obj) = s.as_object_mut() {
+                    obj.insert("paused".into(), is);
+                    obj.insert("paused_at".into(), at);
+                }
+            }
         }
+        Ok(doc)
     }
 
     async fn failures(&self, since: DateTime<Utc>, limit: usize) -> Section<Vec<Entry>> {
@@ -352,6 +385,37 @@ async fn run_schedule(state: &HttpState, name: &str) -> Result<Done, ActionError
     }
 }
 
+async fn pause_schedule(state: &HttpState, name: &str, pause: bool) -> Result<Done, ActionError> {
+    let (Some(reporter), Some(pauses)) = (&state.status.scheduler, &state.status.pauses) else {
+        return Err(ActionError::NotFound(
+            "the scheduler does not run in this process",
+        ));
+    };
+    // Only a schedule the file has: a request's name is not stored.
+    let schedules = reporter
+        .load()
+        .map_err(|_| ActionError::Unavailable("the schedules file does not load"))?;
+    if !schedules.iter().any(|s| s.name == name) {
+        return Err(ActionError::NotFound("no such schedule"));
+    }
+    let changed = if pause {
+        pauses.pause(name).await
+    } else {
+        pauses.resume(name).await
+    };
+    match changed {
+        Ok(changed) => Ok(Done {
+            note: if pause { "paused" } else { "resumed" },
+            count: u32::from(changed),
+            body: json!({"schedule": name, "paused": pause, "changed": changed}),
+        }),
+        Err(e) => {
+            warn!(error = %crate::settings::redact_text(&e.to_string()), "status page: pause/resume failed");
+            Err(ActionError::Unavailable("PostgreSQL unreachable"))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum LetterAction {
     Replay,
@@ -442,6 +506,50 @@ pub(crate) async fn page_run(
         return forbidden();
     }
     page_answer(run_schedule(&state, &name).await)
+}
+
+pub(crate) async fn api_pause(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !same_origin(&headers) {
+        return forbidden();
+    }
+    api_answer(pause_schedule(&state, &name, true).await)
+}
+
+pub(crate) async fn api_resume(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !same_origin(&headers) {
+        return forbidden();
+    }
+    api_answer(pause_schedule(&state, &name, false).await)
+}
+
+pub(crate) async fn page_pause(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !same_origin(&headers) {
+        return forbidden();
+    }
+    page_answer(pause_schedule(&state, &name, true).await)
+}
+
+pub(crate) async fn page_resume(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !same_origin(&headers) {
+        return forbidden();
+    }
+    page_answer(pause_schedule(&state, &name, false).await)
 }
 
 pub(crate) async fn api_replay(

@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     pub redis: ConnectionManager,
     pub publisher: Arc<dyn TickPublisher>,
     pub key_prefix: String,
+    pub pauses: Option<Arc<super::Pauses>>,
     /// Identifies this scheduler instance in claim tokens, for debugging stuck claims.
     pub instance: String,
 }
@@ -58,6 +59,7 @@ enum Attempt {
     AlreadyPublished,
     HeldByOther,
     Failed,
+    Paused,
 }
 
 /// Runs one schedule until `stop` is cancelled.
@@ -143,6 +145,8 @@ pub(crate) async fn run_schedule(
                     failures = 0;
                 }
                 Attempt::HeldByOther => retry_at = Some(Utc::now() + RECHECK),
+                // Passed over, not kept: resuming publishes from the next tick on.
+                Attempt::Paused => (settled, target) = (settled.max(Some(tick)), None),
                 Attempt::Failed => {
                     failures += 1;
                     retry_at = Some(Utc::now() + backoff(failures));
@@ -179,6 +183,12 @@ async fn attempt(
     tick: DateTime<Utc>,
 ) -> Attempt {
     let name = schedule.name.as_str();
+    if let Some(pauses) = &shared.pauses
+        && pauses.is_paused(name).await
+    {
+        info!(schedule = name, tick = %tick, "schedule paused: tick passed over");
+        return Attempt::Paused;
+    }
     let claim_key = store::claim_key(&shared.key_prefix, name, tick);
     let token = format!("claimed:{}:{}", shared.instance, uuid::Uuid::new_v4());
     match store::claim(redis, &claim_key, &token, CLAIM_LEASE).await {

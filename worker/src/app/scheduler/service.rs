@@ -50,6 +50,12 @@ impl SchedulerService {
         })
     }
 
+    /// Check `pauses` before each tick (see `scheduler::pause`).
+    pub(crate) fn with_pauses(mut self, pauses: Arc<super::Pauses>) -> Self {
+        self.settings.pauses = Some(pauses);
+        self
+    }
+
     /// What `/schedules` asks.
     pub(crate) fn reporter(&self) -> StatusReporter {
         StatusReporter {

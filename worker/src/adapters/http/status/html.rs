@@ -44,6 +44,8 @@ pub(crate) fn note_text(code: &str, n: Option<u32>) -> Option<String> {
     let n = n.unwrap_or(0);
     Some(match code {
         "published" => "Published: the schedule's task was sent once, now.".to_owned(),
+        "paused" => "Paused: no tick is published until it is resumed.".to_owned(),
+        "resumed" => "Resumed: it ticks again from its next fire time.".to_owned(),
         "replayed" => format!("Replayed {n} dead letter(s) to their queue."),
         "deleted" => format!("Deleted {n} dead letter(s)."),
         "not-found" => "Nothing done: it was not found (already replayed or deleted?).".to_owned(),
@@ -211,7 +213,7 @@ fn schedules(p: &mut String, s: &Section<Value>) {
         let _ = write!(
             p,
             "<tr class=\"schedule\" data-schedule=\"{n}\"><td>{n}</td><td>{} → {}</td><td>{}</td><td>{}</td><td>{}<br><span class=\"muted\">{}</span></td><td class=\"{st}\">{st}</td>\
-             <td><form method=\"post\" action=\"/status/schedules/{seg}/run\"><button type=\"submit\" name=\"run\" value=\"{n}\">Run now</button></form></td></tr>",
+             <td><form method=\"post\" action=\"/status/schedules/{seg}/run\"><button type=\"submit\" class=\"run\">Run now</button></form>{toggle}</td></tr>",
             esc(&text(sch, &["task"])),
             esc(&text(sch, &["queue"])),
             esc(&when),
@@ -221,9 +223,27 @@ fn schedules(p: &mut String, s: &Section<Value>) {
             n = esc(&name),
             st = esc(&state),
             seg = segment(&name),
+            toggle = pause_button(sch, &segment(&name)),
         );
     }
     p.push_str("</table></div>");
+}
+
+/// "Pause" or "Resume" as the schedule is; nothing when the pauses could not be read.
+fn pause_button(sch: &Value, seg: &str) -> String {
+    let (action, label) = match sch.get("paused").and_then(Value::as_bool) {
+        Some(true) => ("resume", "Resume"),
+        Some(false) => ("pause", "Pause"),
+        None => return "<span class=\"muted\">pause state unknown</span>".to_owned(),
+    };
+    let flag = if action == "resume" {
+        "<br><b class=\"paused\">paused</b>"
+    } else {
+        ""
+    };
+    format!(
+        "<form method=\"post\" action=\"/status/schedules/{seg}/{action}\"><button type=\"submit\" class=\"{action}\">{label}</button></form>{flag}"
+    )
 }
 
 fn failures(p: &mut String, s: &Section<Vec<Entry>>) {
