@@ -180,6 +180,10 @@ fn start_worker(
     database_url: &str,
 ) -> WorkerProcess {
     let schedules = schedules.to_str().unwrap().to_owned();
+    // Its own remote-control namespace and node name: the workers list is then exactly ours
+    // (and no other test's worker holds our node's mailbox).
+    let namespace = prefix.trim_end_matches(':').to_owned();
+    let node = format!("status@{namespace}");
     WorkerProcess::start(
         &[queue.to_owned()],
         &[
@@ -188,6 +192,8 @@ fn start_worker(
             ("WORKER_NO_SCHEDULER", "false"),
             ("SCHEDULES_FILE", &schedules),
             ("DATABASE_URL", database_url),
+            ("WORKER_CONTROL_EXCHANGE", &namespace),
+            ("WORKER_HOSTNAME", &node),
         ],
     )
 }
@@ -325,13 +331,69 @@ async fn the_api_shows_the_real_state_behind_the_token_and_its_actions_work() {
         .as_str()
         .unwrap()
         .to_owned();
+    let pid = scene.worker().ready["pid"].clone();
     assert!(
         workers
             .as_array()
             .unwrap()
             .iter()
-            .any(|w| w["node"] == host.as_str()),
+            .any(|w| w["node"] == host.as_str() && w["pid"] == pid),
         "{workers}"
+    );
+
+    // Retries are kept too: a task that asks to be retried, three times, then fails.
+    let q = scene.queue.clone();
+    let prefix = scene.prefix.clone();
+    let retried = tokio::task::spawn_blocking(move || {
+        let kwargs = json!({"message": "try again", "retry_countdown": 0.05}).to_string();
+        let out = cli_env(
+            &[
+                "send",
+                "worker.fail",
+                "--queue",
+                &q,
+                "--kwargs",
+                &kwargs,
+                "--wait",
+                "--timeout",
+                "30",
+            ],
+            &[("WORKER_KEY_PREFIX", prefix.as_str())],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        sent_id(&out)
+    })
+    .await
+    .unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..40 {
+        let failures = api(&base, "/api/failures?since=1h").await;
+        kinds = failures
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["task_id"] == retried.as_str())
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().to_owned(),
+                    f["retries"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if kinds.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            ("failure".to_owned(), 3),
+            ("retry".to_owned(), 0),
+            ("retry".to_owned(), 1),
+            ("retry".to_owned(), 2)
+        ]
     );
 
     // "Run now" publishes the schedule's task once, with the beat headers.
@@ -713,6 +775,28 @@ impl Browser {
             .to_owned()
     }
 
+    /// The page's note once it starts with `prefix` (a click's form POST and redirect finish
+    /// after WebDriver's click returns, so poll).
+    async fn note(&self, prefix: &str) -> String {
+        let mut last = String::new();
+        for _ in 0..100 {
+            if let Some(id) = self.find_all("#note").await.into_iter().next() {
+                let v = self
+                    .call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+                    .await;
+                last = v.as_str().unwrap_or_default().to_owned();
+                if last.starts_with(prefix) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no note starting {prefix:?} (last: {last:?}): {}",
+            self.source().await
+        );
+    }
+
     async fn click(&self, css: &str) {
         let Some(id) = self.find_all(css).await.into_iter().next() else {
             panic!("no element {css}: {}", self.source().await);
@@ -800,11 +884,7 @@ async fn the_page_in_chromium_shows_the_state_and_run_now_and_replay_work() {
     browser
         .click("tr.schedule[data-schedule=\"ping-later\"] button")
         .await;
-    assert!(
-        browser.text("#note").await.starts_with("Published"),
-        "{}",
-        browser.source().await
-    );
+    browser.note("Published").await;
     let (_c, channel) = amqp().await;
     let seen = drain(&channel, &scene.sched_queue).await;
     assert_eq!(seen.len(), 1, "run now published {} messages", seen.len());
@@ -816,7 +896,7 @@ async fn the_page_in_chromium_shows_the_state_and_run_now_and_replay_work() {
     browser
         .click("tr.schedule[data-schedule=\"ping-later\"] button.pause")
         .await;
-    assert!(browser.text("#note").await.starts_with("Paused"));
+    browser.note("Paused").await;
     assert_eq!(
         browser
             .find_all("tr.schedule[data-schedule=\"ping-later\"] button.resume")
@@ -828,7 +908,7 @@ async fn the_page_in_chromium_shows_the_state_and_run_now_and_replay_work() {
     browser
         .click("tr.schedule[data-schedule=\"ping-later\"] button.resume")
         .await;
-    assert!(browser.text("#note").await.starts_with("Resumed"));
+    browser.note("Resumed").await;
     assert_eq!(
         browser
             .find_all("tr.schedule[data-schedule=\"ping-later\"] button.pause")
@@ -843,11 +923,7 @@ async fn the_page_in_chromium_shows_the_state_and_run_now_and_replay_work() {
             "tr.dead-letter[data-task-id=\"{ping}\"] button.replay"
         ))
         .await;
-    assert!(
-        browser.text("#note").await.starts_with("Replayed 1"),
-        "{}",
-        browser.source().await
-    );
+    browser.note("Replayed 1").await;
     assert!(
         wait_result(&ping, Some("SUCCESS"), Duration::from_secs(20))
             .await

@@ -137,7 +137,7 @@ pub(crate) async fn workers(
             }
         })
         .collect();
-    rows.sort_by(|a, b| a.node.cmp(&b.node));
-    rows.dedup_by(|a, b| a.node == b.node);
+    // Two processes with one node name both show: Celery warns of that, so must we.
+    rows.sort_by(|a, b| a.node.cmp(&b.node).then(a.pid.cmp(&b.pid)));
     Ok(rows)
 }
