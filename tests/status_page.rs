@@ -21,6 +21,8 @@ use worker::wire::OutgoingTask;
 const TOKEN: &str = "status-tok-5d2e81";
 /// An exception text that would run script if the page did not escape it.
 const HOSTILE: &str = "<img src=x onerror=alert(1)><script>alert(2)</script>";
+/// A task name nobody registers, which would be markup if the page did not escape it.
+const UNKNOWN_TASK: &str = "status.<i>unknown</i>";
 
 fn screenshots() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -116,7 +118,7 @@ impl Scene {
             let dead = cli_env(
                 &[
                     "send",
-                    "status.unknown_task",
+                    UNKNOWN_TASK,
                     "--queue",
                     &q,
                     "--wait",
@@ -859,6 +861,8 @@ async fn the_page_in_chromium_shows_the_state_and_run_now_and_replay_work() {
         "the hostile exception is not shown escaped: {html}"
     );
     assert!(browser.find_all("img").await.is_empty(), "an <img> got in");
+    assert!(browser.find_all("i").await.is_empty(), "an <i> got in");
+    assert!(html.contains("status.&lt;i&gt;unknown&lt;/i&gt;"), "{html}");
     assert_eq!(
         browser.find_all("script").await.len(),
         0,
