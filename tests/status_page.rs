@@ -947,3 +947,87 @@ async fn the_page_in_chromium_shows_the_state_and_run_now_and_replay_work() {
     browser.close().await;
     scene.cleanup().await;
 }
+
+// ---- the failure log's bounds ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_failure_log_keeps_the_newest_thousand_with_a_ttl_and_cuts_long_exceptions() {
+    let queue = unique("status-bounds");
+    let prefix = format!("{}:", unique("status-bounds-prefix"));
+    let worker = WorkerProcess::start(
+        std::slice::from_ref(&queue),
+        &[
+            ("WORKER_KEY_PREFIX", prefix.as_str()),
+            // 1,010 FAILURE results: let Redis forget them soon.
+            ("RESULT_EXPIRES", "120"),
+        ],
+    );
+    let (_c, channel) = amqp().await;
+    let long = "x".repeat(100_000);
+    for i in 0..1010 {
+        let message = if i == 1009 {
+            long.clone()
+        } else {
+            format!("failure {i}")
+        };
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("message".into(), Value::from(message));
+        let task = OutgoingTask::new("worker.fail", vec![], kwargs);
+        publish_task(&channel, &queue, &task).await;
+    }
+    let key = format!("{prefix}failures");
+    let mut redis = redis().await;
+    // Wait for every write (the long one included: it was published last, so it runs among the
+    // last 16), then a moment more: the count must have stopped at the cap.
+    let done = wait_until(Duration::from_secs(60), || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move {
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            members.len() >= 1000 && members.iter().any(|m| m.contains("xxxx"))
+        }
+    })
+    .await;
+    assert!(done, "the failures were not all recorded");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            message_count(&channel, &queue).await == 0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let count: usize = redis::cmd("ZCARD")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(count, 1000, "the log is capped at the newest 1,000");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 7 * 24 * 3600, "TTL {ttl}");
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let longest = members.iter().map(String::len).max().unwrap();
+    assert!(longest < 5 * 1024, "an entry of {longest} bytes");
+    drop(worker);
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    delete_queue(&channel, &queue).await;
+}
