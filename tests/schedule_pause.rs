@@ -78,6 +78,27 @@ async fn a_paused_schedule_publishes_nothing_on_two_replicas_and_across_a_restar
         );
     }
 
+    // `worker scheduler` serves the status page too, and it says paused, with "Resume".
+    let base = format!("http://{}", replicas[0].http_addr());
+    let listed: serde_json::Value = reqwest::get(format!("{base}/api/schedules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["name"], "every-second");
+    assert_eq!(listed[0]["paused"], true, "{listed}");
+    let page = reqwest::get(format!("{base}/status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("/status/schedules/every-second/resume"),
+        "{page}"
+    );
+
     // A restart keeps it paused: the pause is in PostgreSQL, not in the process.
     drop(replicas.remove(0));
     replicas.push(WorkerProcess::spawn(&["scheduler"], &env));
