@@ -11,13 +11,14 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::OnceCell;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// The longest one look at the pauses may take before the last answer is used.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,6 +39,8 @@ pub struct Pauses {
     table: OnceCell<()>,
     /// The schedules last read as paused.
     known: Mutex<HashSet<String>>,
+    /// Whether the last look failed: an outage is logged once when it starts, not every tick.
+    failing: AtomicBool,
 }
 
 impl std::fmt::Debug for Pauses {
@@ -71,6 +74,7 @@ impl Pauses {
             key_prefix: key_prefix.to_owned(),
             table: OnceCell::new(),
             known: Mutex::default(),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -149,26 +153,24 @@ impl Pauses {
         let Ok(mut known) = self.known.lock() else {
             return false;
         };
-        match asked {
+        let problem = match asked {
             Ok(Ok(row)) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    info!("schedule pauses readable from PostgreSQL again");
+                }
                 if row.is_some() {
                     known.insert(schedule.to_owned());
                 } else {
                     known.remove(schedule);
                 }
-                row.is_some()
+                return row.is_some();
             }
-            Ok(Err(e)) => {
-                warn!(schedule, error = %crate::settings::redact_text(&e.to_string()), "cannot read the schedule pauses from PostgreSQL; using the last answer");
-                known.contains(schedule)
-            }
-            Err(_) => {
-                warn!(
-                    schedule,
-                    "reading the schedule pauses from PostgreSQL timed out; using the last answer"
-                );
-                known.contains(schedule)
-            }
+            Ok(Err(e)) => crate::settings::redact_text(&e.to_string()),
+            Err(_) => "timed out".to_owned(),
+        };
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            warn!(schedule, error = %problem, "cannot read the schedule pauses from PostgreSQL; using the last answer until it answers again");
         }
+        known.contains(schedule)
     }
 }
