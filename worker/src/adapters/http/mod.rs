@@ -131,7 +131,7 @@ impl HttpServer {
         if http.token().is_none() && !addr.ip().is_loopback() {
             warn!(
                 addr = %addr,
-                "the HTTP server is reachable beyond this host and WORKER_HTTP_TOKEN is not set: /results and /schedules are open to anyone who can connect"
+                "the HTTP server is reachable beyond this host and WORKER_HTTP_TOKEN is not set: /results, /schedules, /status and /api (with its actions) are open to anyone who can connect"
             );
         }
         Ok(Self {
