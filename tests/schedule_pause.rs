@@ -136,3 +136,101 @@ async fn a_paused_schedule_publishes_nothing_on_two_replicas_and_across_a_restar
     let _ = std::fs::remove_file(&file);
     db.drop_now().await;
 }
+
+/// A TCP forwarder to PostgreSQL on a loopback port, which the test cuts to make an outage.
+struct Proxy {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    break;
+                };
+                links.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, task }
+    }
+
+    /// The outage: no new connection, and every open one cut (the JoinSet is dropped).
+    fn cut(self) -> u16 {
+        self.task.abort();
+        self.port
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_schedule_stays_paused_while_postgresql_does_not_answer() {
+    let db = TestDatabase::create().await;
+    let proxy = Proxy::start(0).await;
+    let via_proxy = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let queue = unique("pause-outage");
+    let prefix = format!("{}:", unique("pause-outage-prefix"));
+    let file = std::env::temp_dir().join(format!("{}.toml", unique("pause-outage")));
+    std::fs::write(
+        &file,
+        format!(
+            "[[schedule]]\nname = \"every-second\"\ntask = \"worker.ping\"\nevery = \"1s\"\nqueue = \"{queue}\"\ncatch_up = \"skip\"\n"
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap().to_owned();
+    let direct = [
+        ("WORKER_KEY_PREFIX", prefix.as_str()),
+        ("DATABASE_URL", db.url.as_str()),
+        ("SCHEDULES_FILE", path.as_str()),
+    ];
+    let out = cli_env(&["schedules", "pause", "every-second"], &direct);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let scheduler = WorkerProcess::spawn(
+        &["scheduler"],
+        &[
+            ("WORKER_KEY_PREFIX", prefix.as_str()),
+            ("DATABASE_URL", via_proxy.as_str()),
+            ("SCHEDULES_FILE", path.as_str()),
+        ],
+    );
+    scheduler.wait_for_log("schedule paused: tick passed over", Duration::from_secs(10));
+
+    let port = proxy.cut();
+    scheduler.wait_for_log("using the last answer", Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        depth(&queue).await,
+        0,
+        "published while PostgreSQL was away"
+    );
+
+    // PostgreSQL back (the same port), the schedule resumed: it ticks again.
+    let _proxy = Proxy::start(port).await;
+    let out = cli_env(&["schedules", "resume", "every-second"], &direct);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            depth(&queue).await >= 1
+        })
+        .await,
+        "no tick after PostgreSQL came back and the schedule was resumed: {}",
+        scheduler.logs()
+    );
+    drop(scheduler);
+    let (_c, channel) = amqp().await;
+    delete_queue(&channel, &queue).await;
+    let _ = std::fs::remove_file(&file);
+    db.drop_now().await;
+}
