@@ -57,7 +57,6 @@ pub(crate) async fn dead_letters(
     cmd: DeadLettersCommand,
 ) -> anyhow::Result<Outcome> {
     let url = conn.rabbitmq_url.as_str();
-    let mut missing = 0usize;
     match cmd {
         DeadLettersCommand::List(sel) => {
             for queue in &sel.queues {
@@ -68,7 +67,7 @@ pub(crate) async fn dead_letters(
                             println!("{queue}.dead: {} shown", letters.len());
                         }
                     }
-                    None => missing = report_missing(queue, missing),
+                    None => report_missing(queue),
                 }
             }
         }
@@ -85,7 +84,7 @@ pub(crate) async fn dead_letters(
                             println!("{queue}.dead: {} replayed to {queue}", letters.len());
                         }
                     }
-                    None => missing = report_missing(queue, missing),
+                    None => report_missing(queue),
                 }
             }
         }
@@ -105,7 +104,7 @@ pub(crate) async fn dead_letters(
                             println!("{queue}.dead: {} deleted", letters.len());
                         }
                     }
-                    None => missing = report_missing(queue, missing),
+                    None => report_missing(queue),
                 }
             }
         }
@@ -118,7 +117,7 @@ pub(crate) async fn dead_letters(
             for queue in &d.selection.queues {
                 match dead_letter::purge(url, queue).await? {
                     Some(n) => println!("{queue}.dead: {n} purged"),
-                    None => missing = report_missing(queue, missing),
+                    None => report_missing(queue),
                 }
             }
         }
@@ -127,9 +126,8 @@ pub(crate) async fn dead_letters(
 }
 
 /// Say that `queue.dead` does not exist (on stderr, so `--json` output stays one object a line).
-fn report_missing(queue: &str, missing: usize) -> usize {
+fn report_missing(queue: &str) {
     eprintln!("{queue}.dead: no such queue (nothing was ever dead-lettered there; not created)");
-    missing.saturating_add(1)
 }
 
 fn print_letters(letters: &[DeadLetter], json: bool) {
