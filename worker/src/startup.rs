@@ -38,8 +38,9 @@ use crate::adapters::control::store::RevokedStore;
 use crate::adapters::control::{broker_facts, mailbox};
 use crate::adapters::delay;
 use crate::adapters::events::{self, Dispatcher, Events};
+use crate::adapters::failures::FailureLog;
 use crate::adapters::http::{
-    self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource,
+    self, BrokerProbe, Dependencies, HttpServer, HttpState, SchedulesSource, StatusSources,
 };
 use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::redis_conn::{self, InvalidRedisUrl, RedisConnectError};
@@ -52,7 +53,7 @@ use crate::app::control::{Facts, Panel};
 use crate::app::engine::{self, Executor, ExecutorSettings, QueueHealth};
 use crate::app::registry::{Registry, catalogue, registry};
 use crate::app::scheduler::service::SchedulerService;
-use crate::app::scheduler::{ScheduleFileError, TickPublisher};
+use crate::app::scheduler::{Pauses, ScheduleFileError, TickPublisher};
 use crate::settings::{
     self, ConnectionSettings, JobSettings, RunSettings, ServiceSettings, redact_url,
 };
@@ -220,7 +221,8 @@ impl Worker {
                         executor_settings(&consume.run, &hostname),
                     )
                     .with_remote_control(Arc::clone(&panel.inflight), Arc::clone(&panel.revoked))
-                    .with_events(events),
+                    .with_events(events)
+                    .with_failure_log(FailureLog::new(redis.clone(), &conn.key_prefix)),
                 );
                 let engine = Engine {
                     executor,
@@ -269,10 +271,14 @@ impl Worker {
             results_waiting: engine.as_ref().map(|e| Arc::clone(&e.results_waiting)),
         });
 
+        // Paused schedules live in PostgreSQL, beside the scheduler's other state.
+        let pauses = scheduler_pool
+            .as_ref()
+            .map(|pool| Arc::new(Pauses::new(pool.clone(), &conn.key_prefix)));
         let scheduler = match (&settings.schedules, scheduler_pool) {
             (Some(path), Some(pool)) => {
                 let ticks: Arc<dyn TickPublisher> = Arc::clone(&publisher) as _;
-                Some(SchedulerService::prepare(
+                let service = SchedulerService::prepare(
                     path,
                     conn.default_timezone,
                     &conn.key_prefix,
@@ -280,7 +286,11 @@ impl Worker {
                     pool,
                     redis.clone(),
                     ticks,
-                )?)
+                )?;
+                Some(match &pauses {
+                    Some(p) => service.with_pauses(Arc::clone(p)),
+                    None => service,
+                })
             }
             // A pool exists whenever schedules do (see above).
             _ => None,
@@ -298,10 +308,28 @@ impl Worker {
                 });
                 source
             });
+            let status = StatusSources {
+                rabbitmq_url: conn.rabbitmq_url.clone(),
+                control_exchange: conn.control_exchange.clone(),
+                queues: engine
+                    .as_ref()
+                    .map(|e| e.queues.clone())
+                    .unwrap_or_default(),
+                undelivered_queue: settings
+                    .consume
+                    .as_ref()
+                    .map(|c| c.run.undelivered_results_queue.clone())
+                    .unwrap_or_default(),
+                failures: FailureLog::new(redis.clone(), &conn.key_prefix),
+                publisher: Arc::clone(&publisher),
+                scheduler: scheduler.as_ref().map(SchedulerService::reporter),
+                pauses: pauses.clone(),
+            };
             let state = HttpState {
                 results: store,
                 dependencies: Arc::clone(&dependencies),
                 schedules,
+                status: Arc::new(status),
             };
             let server = HttpServer::bind(addr, state, &settings.service.http)
                 .await

@@ -1,5 +1,6 @@
 //! The command line: `worker run`, `send`, `result`, `dead-letters`, `tasks`, `config`,
-//! `healthcheck`, `scheduler`, `schedules`, `check-schedules`, `migrate`, `inspect`, `revoke`.
+//! `healthcheck`, `scheduler`, `schedules`, `check-schedules`, `migrate`, `inspect`, `revoke`,
+//! `queues`, `failures`.
 //!
 //! Exit codes are part of the interface for scripts: 0 success, 1 the task failed or was
 //! revoked, 2 pending, unknown, timed out, or the command itself could not do its work.
@@ -11,6 +12,7 @@ mod healthcheck;
 mod inspect;
 mod migrate;
 mod output;
+mod overview;
 mod result;
 mod revoke;
 mod run;
@@ -72,6 +74,10 @@ pub(crate) enum Command {
     },
     /// Ask the workers (ours or Python Celery's) over remote control; exits 2 when none replied.
     Inspect(inspect::InspectArgs),
+    /// Queue depths and consumers: the task queues, their `.dead`, undelivered results, delays.
+    Queues(overview::QueuesArgs),
+    /// Recent task failures and retries (kept in Redis for 7 days, the newest 1000).
+    Failures(overview::FailuresArgs),
     /// Revoke tasks on every worker (with --terminate, cancel them where they run).
     Revoke(revoke::RevokeArgs),
     /// Exit 0 when the local worker's /healthz answers (for Docker's HEALTHCHECK).
@@ -155,6 +161,8 @@ pub fn main() -> ExitCode {
             Command::CheckSchedules(args) => schedules::check(&cli.connections, args),
             Command::Migrate => migrate::migrate(&cli.connections).await,
             Command::Inspect(args) => inspect::inspect(&cli.connections, args).await,
+            Command::Queues(args) => overview::queues(&cli.connections, args).await,
+            Command::Failures(args) => overview::failures(&cli.connections, args).await,
             Command::Revoke(args) => revoke::revoke(&cli.connections, args).await,
             Command::Tasks => {
                 for job in crate::app::registry::catalogue().iter() {

@@ -1,4 +1,5 @@
-//! The scheduler's commands: `worker check-schedules [FILE]`, `worker schedules [--json]`, and
+//! The scheduler's commands: `worker check-schedules [FILE]`, `worker schedules [--json]`,
+//! `worker schedules run|pause|resume NAME`, and
 //! `worker scheduler` (the scheduler alone, without consuming, built by the same composition
 //! root as `worker run`).
 
@@ -9,6 +10,7 @@ use clap::Args;
 use tracing::warn;
 
 use super::Outcome;
+use crate::adapters::broker::publisher::Publisher;
 use crate::adapters::{postgres, redis_conn};
 use crate::app::registry::catalogue;
 use crate::app::scheduler::{self, Schedule};
@@ -23,12 +25,38 @@ pub(crate) struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct ListArgs {
     #[command(flatten)]
     pub schedules: ScheduleSettings,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<ScheduleAction>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ScheduleAction {
+    /// Publish schedule NAME's task once, now (as its tick would; the regular ticks go on).
+    Run {
+        #[command(flatten)]
+        schedules: ScheduleSettings,
+        /// The schedule's name in the schedules file.
+        name: String,
+    },
+    /// Pause schedule NAME on every replica, across restarts, until resumed (PostgreSQL).
+    Pause {
+        #[command(flatten)]
+        schedules: ScheduleSettings,
+        name: String,
+    },
+    /// Resume a paused schedule: it ticks again from its next fire time.
+    Resume {
+        #[command(flatten)]
+        schedules: ScheduleSettings,
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +100,18 @@ pub(crate) fn check(conn: &ConnectionSettings, args: CheckArgs) -> anyhow::Resul
 }
 
 pub(crate) async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::Result<Outcome> {
+    match args.action {
+        Some(ScheduleAction::Run { schedules, name }) => {
+            return run_now(conn, &schedules, &name).await;
+        }
+        Some(ScheduleAction::Pause { schedules, name }) => {
+            return pause(conn, &schedules, &name, true).await;
+        }
+        Some(ScheduleAction::Resume { schedules, name }) => {
+            return pause(conn, &schedules, &name, false).await;
+        }
+        None => {}
+    }
     let schedules = load(&args.schedules.schedules_file, conn)?;
     let (_, mut redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
     // The last runs are in PostgreSQL (the scheduler's table), their results in Redis.
@@ -108,4 +148,60 @@ pub(crate) async fn run_alone(
         Stopped::Clean => Outcome::Success,
         Stopped::Fatal(_) => Outcome::Failed,
     })
+}
+
+/// `worker schedules run NAME`: through the same publisher as the scheduler's ticks.
+async fn run_now(
+    conn: &ConnectionSettings,
+    settings: &ScheduleSettings,
+    name: &str,
+) -> anyhow::Result<Outcome> {
+    let schedules = load(&settings.schedules_file, conn)?;
+    let publisher = Publisher::new(&conn.rabbitmq_url, &super::send::cli_origin());
+    match scheduler::run_now(&schedules, name, &publisher).await {
+        Ok(message) => {
+            println!("id: {}", message.task_id);
+            println!("{name}: {} published to {}", message.task, message.queue);
+            Ok(Outcome::Success)
+        }
+        Err(e @ scheduler::RunNowError::Unknown(_)) => {
+            eprintln!("{e}");
+            Ok(Outcome::Failed)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `worker schedules pause|resume NAME`: a row in PostgreSQL every replica checks.
+async fn pause(
+    conn: &ConnectionSettings,
+    settings: &ScheduleSettings,
+    name: &str,
+    pause: bool,
+) -> anyhow::Result<Outcome> {
+    let schedules = load(&settings.schedules_file, conn)?;
+    if !schedules.iter().any(|s| s.name == name) {
+        eprintln!(
+            "no schedule named {name:?} in {}",
+            settings.schedules_file.display()
+        );
+        return Ok(Outcome::Failed);
+    }
+    let pauses = scheduler::Pauses::connect_lazy(&conn.database_url_for_sqlx(), &conn.key_prefix)
+        .map_err(|_| anyhow::anyhow!("DATABASE_URL cannot be used"))?;
+    let changed = if pause {
+        pauses.pause(name).await
+    } else {
+        pauses.resume(name).await
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "PostgreSQL: {}",
+            crate::settings::redact_text(&e.to_string())
+        )
+    })?;
+    let state = if pause { "paused" } else { "resumed" };
+    let already = if changed { "" } else { " (it already was)" };
+    println!("{name}: {state}{already}");
+    Ok(Outcome::Success)
 }

@@ -15,6 +15,7 @@ pub(crate) mod backend;
 pub(crate) mod connection;
 pub(crate) mod consumer;
 pub(crate) mod dead_letter;
+pub(crate) mod depth;
 pub(crate) mod publisher;
 pub(crate) mod settle;
 mod tick;

@@ -1,4 +1,5 @@
-//! The worker's HTTP side: `/healthz`, `/readyz`, `/metrics`, `/results/{id}`, `/schedules`.
+//! The worker's HTTP side: `/healthz`, `/readyz`, `/metrics`, `/results/{id}`, `/schedules`,
+//! and the operators' status page `/status` with its JSON under `/api/...` ([`status`]).
 //!
 //! Liveness says only that the process answers; readiness checks each dependency live and names
 //! it, so a probe or an operator sees which one is down. Nothing here prints a URL or a secret:
@@ -12,8 +13,10 @@
 mod auth;
 mod readiness;
 mod server;
+mod status;
 
 pub(crate) use readiness::{BrokerProbe, Dependencies, refresh_loop};
+pub(crate) use status::StatusSources;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -43,6 +46,8 @@ pub(crate) struct HttpState {
     pub results: ResultStore,
     pub dependencies: Arc<Dependencies>,
     pub schedules: Option<SchedulesSource>,
+    /// What the status page and `/api/...` read (see [`status`]).
+    pub status: Arc<StatusSources>,
 }
 
 /// The routes, behind the token check and the request timeout.
@@ -53,6 +58,29 @@ fn router(state: HttpState, http: &HttpSettings) -> Router {
         .route("/metrics", get(metrics))
         .route("/results/{id}", get(result))
         .route("/schedules", get(schedules))
+        .route("/status", get(status::page))
+        .route("/status/schedules/{name}/run", post(status::page_run))
+        .route("/status/schedules/{name}/pause", post(status::page_pause))
+        .route("/status/schedules/{name}/resume", post(status::page_resume))
+        .route(
+            "/status/dead-letters/{queue}/replay",
+            post(status::page_replay),
+        )
+        .route(
+            "/status/dead-letters/{queue}/delete",
+            post(status::page_delete),
+        )
+        .route("/api/status", get(status::api_status))
+        .route("/api/workers", get(status::api_workers))
+        .route("/api/queues", get(status::api_queues))
+        .route("/api/failures", get(status::api_failures))
+        .route("/api/schedules", get(status::api_schedules))
+        .route("/api/schedules/{name}/run", post(status::api_run))
+        .route("/api/schedules/{name}/pause", post(status::api_pause))
+        .route("/api/schedules/{name}/resume", post(status::api_resume))
+        .route("/api/dead-letters", get(status::api_dead_letters))
+        .route("/api/dead-letters/{queue}/replay", post(status::api_replay))
+        .route("/api/dead-letters/{queue}/delete", post(status::api_delete))
         .with_state(state);
     protected(routes, http)
 }
@@ -103,7 +131,7 @@ impl HttpServer {
         if http.token().is_none() && !addr.ip().is_loopback() {
             warn!(
                 addr = %addr,
-                "the HTTP server is reachable beyond this host and WORKER_HTTP_TOKEN is not set: /results and /schedules are open to anyone who can connect"
+                "the HTTP server is reachable beyond this host and WORKER_HTTP_TOKEN is not set: /results, /schedules, /status and /api (with its actions) are open to anyone who can connect"
             );
         }
         Ok(Self {

@@ -42,6 +42,7 @@ use crate::adapters::broker::dead_letter;
 use crate::adapters::broker::publisher::{Declare, Publisher};
 use crate::adapters::broker::settle::Incoming;
 use crate::adapters::events::Events;
+use crate::adapters::failures::{self, FailureLog};
 use crate::adapters::results::ResultWriter;
 use crate::app::control::revoked::Revoked;
 use crate::app::registry::{CallArgs, ErasedJob, JobContext, Registry};
@@ -93,6 +94,8 @@ pub(crate) struct Executor {
     canvas: CanvasRunner,
     /// Celery events for Flower: one non-blocking call at each state change.
     events: Arc<Events>,
+    /// Where failures and retries are noted for the status page (none in unit tests).
+    failures: Option<FailureLog>,
 }
 
 /// How a delivery is settled with the broker.
@@ -142,6 +145,36 @@ impl Executor {
             inflight: Arc::default(),
             revoked: Arc::default(),
             events: Events::off(),
+            failures: None,
+        }
+    }
+
+    /// Note failures and retries in `log` (the status page's recent failures).
+    pub(crate) fn with_failure_log(mut self, log: FailureLog) -> Self {
+        self.failures = Some(log);
+        self
+    }
+
+    /// One failure or retry for the status page; never waits (see [`FailureLog::note`]).
+    fn note_failure(
+        &self,
+        kind: failures::Kind,
+        queue: &str,
+        message: &TaskMessage,
+        err: &TaskError,
+    ) {
+        if let Some(log) = &self.failures {
+            let worker = self.settings.hostname.as_str();
+            let entry = failures::Entry::new(
+                kind,
+                &message.id,
+                &message.task,
+                queue,
+                worker,
+                message.retries,
+                err,
+            );
+            log.note(entry);
         }
     }
 
@@ -424,6 +457,7 @@ impl Executor {
                 }
                 Decision::Fail(err) => {
                     self.events.send(|| Event::task_failed(&message.id, &err));
+                    self.note_failure(failures::Kind::Failure, queue, &message, &err);
                     METRICS
                         .tasks_failed
                         .with_label_values(&[message.task.as_str(), queue])
@@ -537,6 +571,7 @@ impl Executor {
         };
         match published {
             Ok(()) => {
+                self.note_failure(failures::Kind::Retry, queue, message, err);
                 info!(countdown_s = countdown.as_secs_f64(), retries = message.retries + 1, error = %err, "task will be retried");
                 self.events.send(|| Event::task_retried(&message.id, err));
                 METRICS

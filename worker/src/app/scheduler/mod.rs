@@ -44,6 +44,8 @@ mod cron_expr;
 mod decide;
 mod duration;
 mod file;
+mod pause;
+mod run_now;
 mod runner;
 mod schedule;
 pub(crate) mod service;
@@ -61,7 +63,10 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+pub use duration::parse_duration;
 pub use file::{ScheduleFileError, check_file, parse_schedules};
+pub use pause::{Paused, Pauses};
+pub use run_now::{RunNowError, run_now};
 pub use schedule::{CatchUp, FirstStart, Schedule, Timing};
 pub use status::{ScheduleStatus, StatusError, describe, status};
 
@@ -110,6 +115,8 @@ pub struct SchedulerSettings {
     pub known_tasks: HashMap<String, String>,
     /// How often the file is re-read for hot reload; `None` reloads on SIGHUP only.
     pub poll_interval: Option<Duration>,
+    /// Paused schedules (`pause`); `None`: nothing is ever paused.
+    pub pauses: Option<Arc<Pauses>>,
 }
 
 /// Default [`SchedulerSettings::key_prefix`].
@@ -128,6 +135,7 @@ impl SchedulerSettings {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             known_tasks,
             poll_interval: Some(Duration::from_secs(1)),
+            pauses: None,
         }
     }
 }
@@ -161,6 +169,7 @@ pub async fn run(
         postgres,
         publisher,
         key_prefix: settings.key_prefix.clone(),
+        pauses: settings.pauses.clone(),
         instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
     };
     supervisor::run(settings, shared, shutdown).await

@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     pub postgres: PgPool,
     pub publisher: Arc<dyn TickPublisher>,
     pub key_prefix: String,
+    pub pauses: Option<Arc<super::Pauses>>,
     /// Identifies this scheduler instance in claim tokens, for debugging stuck claims.
     pub instance: String,
 }
@@ -58,6 +59,7 @@ enum Attempt {
     AlreadyPublished,
     HeldByOther,
     Failed,
+    Paused,
 }
 
 /// Runs one schedule until `stop` is cancelled.
@@ -153,6 +155,8 @@ pub(crate) async fn run_schedule(
                     failures = 0;
                 }
                 Attempt::HeldByOther => retry_at = Some(Utc::now() + RECHECK),
+                // Passed over, not kept: resuming publishes from the next tick on.
+                Attempt::Paused => (settled, target) = (settled.max(Some(tick)), None),
                 Attempt::Failed => {
                     failures += 1;
                     retry_at = Some(Utc::now() + backoff(failures));
@@ -184,6 +188,12 @@ pub(crate) async fn run_schedule(
 /// Claims `tick` and publishes it if the claim is ours.
 async fn attempt(schedule: &Schedule, shared: &Shared, tick: DateTime<Utc>) -> Attempt {
     let name = schedule.name.as_str();
+    if let Some(pauses) = &shared.pauses
+        && pauses.is_paused(name).await
+    {
+        info!(schedule = name, tick = %tick, "schedule paused: tick passed over");
+        return Attempt::Paused;
+    }
     let pool = &shared.postgres;
     let at = TickRef {
         key_prefix: &shared.key_prefix,

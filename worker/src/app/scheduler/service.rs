@@ -55,6 +55,12 @@ impl SchedulerService {
         })
     }
 
+    /// Check `pauses` before each tick (see `scheduler::pause`).
+    pub(crate) fn with_pauses(mut self, pauses: Arc<super::Pauses>) -> Self {
+        self.settings.pauses = Some(pauses);
+        self
+    }
+
     /// What `/schedules` asks.
     pub(crate) fn reporter(&self) -> StatusReporter {
         StatusReporter {
@@ -152,6 +158,11 @@ pub(crate) struct StatusReporter {
 }
 
 impl StatusReporter {
+    /// The schedules as the file says now (the status page's "run now" looks them up here).
+    pub(crate) fn load(&self) -> Result<Vec<super::Schedule>, ScheduleFileError> {
+        check_file(&self.path, self.default_timezone, &self.known_tasks).map(|(s, _)| s)
+    }
+
     /// The listing `worker schedules --json` prints, or `{"error": ...}`.
     pub(crate) async fn report(&self) -> Value {
         let schedules = match check_file(&self.path, self.default_timezone, &self.known_tasks) {
