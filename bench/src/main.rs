@@ -220,6 +220,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     one_thread.config = one_thread
         .config
         .replace("release build", "release build, TOKIO_WORKER_THREADS=1");
+    // Celery events on (what Flower asks for): their cost per task beside worker-c16. Nobody
+    // consumes the bench's event exchange; publishing is the whole cost, as with Flower away.
+    let mut events = systems::worker(&paths.worker, &urls, 16, "", "worker-c16-events", "");
+    events.env.push(("WORKER_SEND_EVENTS", "true".into()));
+    events.env.push(("WORKER_EVENT_EXCHANGE", format!("bench-{run_id}-celeryev")));
+    events.config = events
+        .config
+        .replace("release build", "release build, WORKER_SEND_EVENTS=true");
     let before = args.baseline_worker.as_deref().map(|binary| {
         let rev = args.baseline_rev.as_deref().unwrap_or("baseline");
         systems::worker(
@@ -247,6 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &worker_ns,
         &worker_sa,
         &one_thread,
+        &events,
         &prod,
         &tuned,
     ]
