@@ -443,7 +443,7 @@ impl Worker {
 /// connects: DATABASE_URL only where jobs run.
 fn check_urls(settings: &Settings) -> Result<(), StartupError> {
     let conn = &settings.connections;
-    connection::parse_url(&conn.rabbitmq_url)?;
+    connection::parse_urls(&conn.rabbitmq_url)?;
     redis_conn::check_url(&conn.redis_url_with_db())?;
     if settings.consume.is_some() {
         postgres::check_url(&conn.database_url_for_sqlx())?;
