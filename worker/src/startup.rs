@@ -148,6 +148,7 @@ impl Worker {
     /// Connect and wire every part; nothing runs until [`Worker::run_until_stopped`].
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         check_urls(&settings)?;
+        connection_topology(&settings.connections);
         let conn = &settings.connections;
         let hostname = settings.consume.as_ref().map_or_else(
             || format!("scheduler@{}", settings::hostname()),
@@ -439,6 +440,11 @@ impl Worker {
     }
 }
 
+/// The task queues' type for every declaration of the process (the CLI sets it too).
+fn connection_topology(conn: &ConnectionSettings) {
+    crate::adapters::broker::topology::set_queue_type(conn.queue_type);
+}
+
 /// Every URL the service will connect to parses as its client will parse it, before anything
 /// connects: DATABASE_URL only where jobs run.
 fn check_urls(settings: &Settings) -> Result<(), StartupError> {
@@ -536,6 +542,7 @@ fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {
         eta_hold: run.eta_hold(),
         delayed_queue_type: run.delayed_queue_type,
         time_limits: run.time_limits(),
+        max_deliveries: run.max_deliveries,
     }
 }
 

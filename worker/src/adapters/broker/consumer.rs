@@ -2,6 +2,9 @@
 //!
 //! The prefetch is global to the channel (`basic.qos(global=true)`), as Celery sets it, so the
 //! worker holds at most `prefetch` unacked messages whatever the number of queues. Deliveries
+//! With quorum queues (WORKER_QUEUE_TYPE=quorum) the prefetch is per consumer instead, as Celery
+//! does when it detects them: RabbitMQ refuses global QoS on a quorum queue, so each queue's
+//! consumer holds at most `prefetch` unacked messages. Deliveries
 //! are handed to the per-queue apalis backends through bounded channels. When the connection or
 //! a consumer dies, everything is re-opened with backoff; deliveries still held from the dead
 //! channel cannot be acked any more, and RabbitMQ redelivers them — at-least-once, never lost.
@@ -247,7 +250,12 @@ async fn open_channel(
         .await
         .map_err(BrokerError::amqp("channel.open"))?;
     channel
-        .basic_qos(prefetch, BasicQosOptions { global: true })
+        .basic_qos(
+            prefetch,
+            BasicQosOptions {
+                global: topology::queue_type() == crate::settings::QueueType::Classic,
+            },
+        )
         .await
         .map_err(BrokerError::amqp("basic.qos"))?;
     for q in queues {

@@ -73,6 +73,8 @@ pub(crate) struct ExecutorSettings {
     /// The delay topology's queue type, declared before the first delayed publish.
     pub delayed_queue_type: DelayQueueType,
     pub time_limits: TimeLimits,
+    /// Deliveries (quorum queues' `x-delivery-count`) after which a message is parked; 0 = none.
+    pub max_deliveries: u32,
 }
 
 pub(crate) struct Executor {
@@ -225,6 +227,24 @@ impl Executor {
 
     /// Decode and run the delivery; returns how to settle it.
     async fn decide(&self, queue: &str, delivery: &Delivery) -> Settle {
+        // A message that was delivered this often and never settled (it takes the worker down
+        // each time, say) is parked before it can do so again.
+        let deliveries = delivery_count(delivery);
+        if self.settings.max_deliveries > 0 && deliveries >= u64::from(self.settings.max_deliveries)
+        {
+            error!(
+                queue,
+                deliveries,
+                "a message reached the delivery limit without being settled; moving it to {queue}.dead"
+            );
+            let err = TaskError::runtime_error(format!(
+                "delivered {deliveries} times without being settled (WORKER_MAX_DELIVERIES={})",
+                self.settings.max_deliveries
+            ));
+            return self
+                .park_unsettled(queue, delivery, "delivery_limit", &err)
+                .await;
+        }
         let delivered = Delivered::new(&delivery.properties, &delivery.data);
         match delivery::read(delivered, self.settings.limits) {
             Ok(message) => {
@@ -752,6 +772,25 @@ fn reports_errors(value: &Value) -> bool {
 }
 
 /// The task id a delivery carries (`id` header, else the correlation id), if any.
+/// Earlier deliveries of this message, as a quorum queue counts them (`x-delivery-count`,
+/// absent on the first delivery and on classic queues: 0).
+fn delivery_count(delivery: &Delivery) -> u64 {
+    use lapin::types::AMQPValue;
+    let Some(table) = delivery.properties.headers().as_ref() else {
+        return 0;
+    };
+    match table.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortUInt(n)) => u64::from(*n),
+        _ => 0,
+    }
+}
+
 fn top_level_id(delivery: &Delivery) -> Option<String> {
     let table = delivery.properties.headers().clone().unwrap_or_default();
     let correlation_id = delivery.properties.correlation_id().as_ref();
