@@ -86,7 +86,7 @@ async fn stopping_the_node_under_the_worker_loses_and_doubles_no_task() {
     let queues = cluster.ctl(1, &["list_queues", "name", "type", "arguments"]);
     let declared = queues
         .lines()
-        .find(|l| l.contains(&queue))
+        .find(|l| l.split_whitespace().next() == Some(queue.as_str()))
         .unwrap_or_default();
     assert!(
         declared.contains("quorum"),

@@ -196,17 +196,21 @@ impl RabbitCluster {
     /// The member (1-based) that holds the connections whose client properties contain
     /// `needle`, if one does.
     pub fn node_with_connection(&self, needle: &str) -> Option<usize> {
+        // Any running member lists the whole cluster's connections (without the panics of the
+        // members that are down).
         let live = (1..=self.node_urls.len()).find_map(|n| {
             std::panic::catch_unwind(|| {
-                self.ctl(n, &["list_connections", "node", "client_properties"])
+                self.ctl(n, &["list_connections", "port", "client_properties"])
             })
             .ok()
         })?;
+        // The server port a connection came in on names its member.
         let line = live.lines().find(|l| l.contains(needle))?;
-        let node = line.split_whitespace().next()?;
-        self.node_names
+        let port = line.split_whitespace().next()?;
+        let at = format!(":{port}/");
+        self.node_urls
             .iter()
-            .position(|name| name == node)
+            .position(|url| url.contains(&at))
             .map(|i| i + 1)
     }
 }

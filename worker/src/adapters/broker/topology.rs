@@ -229,6 +229,11 @@ pub async fn declare_celery_queue(channel: &Channel, queue: &str) -> Result<(), 
 /// Declare `queue` and its dead-letter queue.
 pub async fn declare_with_dead_letter(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
     declare_celery_queue(channel, queue).await?;
+    declare_dead_letter_queue(channel, queue).await
+}
+
+/// Declare `<queue>.dead`: durable, argument-free (classic whatever the task queues are).
+pub async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
     channel
         .queue_declare(
             dead_letter_queue(queue).as_str().into(),
