@@ -258,3 +258,25 @@ pub async fn declare_own_queue(channel: &Channel, queue: &str) -> Result<(), Bro
         .map_err(BrokerError::amqp("queue.declare"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What celery/app/amqp.py gives its queues: nothing for classic, exactly
+    /// `{'x-queue-type': 'quorum'}` for quorum (no delivery limit, no dead-letter exchange).
+    #[test]
+    fn task_queues_carry_what_celery_declares() {
+        assert!(
+            celery_queue_arguments(QueueType::Classic)
+                .inner()
+                .is_empty()
+        );
+        let quorum = celery_queue_arguments(QueueType::Quorum);
+        assert_eq!(quorum.inner().len(), 1);
+        assert_eq!(
+            quorum.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+    }
+}
