@@ -173,6 +173,31 @@ async fn stopping_the_node_under_the_worker_loses_and_doubles_no_task() {
         !log.contains("guest:guest@"),
         "URLs in the log are redacted"
     );
+
+    // The `.dead` queue is classic: it lives on the stopped member. A message that cannot run
+    // must wait for it, not be acked into a queue that is down (RabbitMQ confirms such a
+    // publish and drops it unless it is mandatory).
+    let poison = OutgoingTask::new("no.such.task", vec![], Default::default());
+    let message = task_message(&queue, &poison);
+    publish_raw(&channel, &queue, &message.body, message.amqp_properties()).await;
+    worker.wait_for_log("could not dead-letter a message", Duration::from_secs(30));
+    cluster.start_node(under);
+    let dead = format!("{queue}.dead");
+    let start = Instant::now();
+    let mut letters = Vec::new();
+    while letters.is_empty() && start.elapsed() < Duration::from_secs(60) {
+        letters = drain(&channel, &dead).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        letters.len(),
+        1,
+        "the message reached .dead once its member was back"
+    );
+    assert_eq!(letters[0].0["id"], poison.id.as_str());
+    assert_eq!(letters[0].0["x-dead-letter-reason"], "not_registered");
+
+    let log = worker.logs();
     let skipped = log.matches("redelivered task already succeeded").count();
     eprintln!(
         "stopped member {under} with {done_at_stop} of 2000 finished; {skipped} redeliveries skipped as already done;\n{}",

@@ -177,6 +177,15 @@ impl RabbitCluster {
         );
     }
 
+    /// Boot member `n` again; it rejoins the cluster.
+    pub fn start_node(&self, n: usize) {
+        run_script(
+            "rabbitmq-cluster",
+            &["start-node", &n.to_string(), self.dir()],
+            &[],
+        );
+    }
+
     /// `rabbitmqctl -n <member n> args...`: its stdout.
     pub fn ctl(&self, n: usize, args: &[&str]) -> String {
         let path = root().join("scripts/services/rabbitmq-cluster");
