@@ -144,6 +144,8 @@ pub(crate) async fn connect(list: &str) -> Result<Connection, BrokerError> {
     for step in 0..urls.len() {
         let index = (start + step) % urls.len();
         let url = urls[index];
+        // The last broker's failure is the caller's to report (one line per attempt).
+        let more = step + 1 < urls.len();
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect_one(url)).await;
         match attempt {
             Ok(Ok(conn)) => {
@@ -160,13 +162,15 @@ pub(crate) async fn connect(list: &str) -> Result<Connection, BrokerError> {
             }
             Ok(Err(e)) if e.is_refusal() => return Err(e),
             Ok(Err(e)) => {
-                if urls.len() > 1 {
+                if more {
                     warn!(url = %redact_url(url), error = %e, "RabbitMQ broker did not answer; trying the next one");
                 }
                 last_error = Some(e);
             }
             Err(_) => {
-                warn!(url = %redact_url(url), timeout = ?CONNECT_TIMEOUT, "RabbitMQ broker did not answer in time; trying the next one");
+                if more {
+                    warn!(url = %redact_url(url), timeout = ?CONNECT_TIMEOUT, "RabbitMQ broker did not answer in time; trying the next one");
+                }
                 last_error = Some(BrokerError::Timeout {
                     url: redact_url(url),
                     after: CONNECT_TIMEOUT,
