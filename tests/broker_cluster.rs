@@ -75,13 +75,17 @@ async fn stopping_the_node_under_the_worker_loses_and_doubles_no_task() {
     let _serial = SERIAL.lock().await;
     let cluster = RabbitCluster::start();
     let queue = unique("qq-failover");
+    // Two long tasks on a queue of their own run through the stop: their redelivered copies
+    // arrive while the first runs still go on, and must not run beside them.
+    let slow = unique("qq-failover-slow");
     let worker = WorkerProcess::start(
-        std::slice::from_ref(&queue),
+        &[queue.clone(), slow.clone()],
         &[
             ("RABBITMQ_URL", cluster.urls.as_str()),
             ("WORKER_QUEUE_TYPE", "quorum"),
-            // 2 at a time, 20 ms each: ~20 s for the run, so that the stop lands in its middle.
-            ("WORKER_CONCURRENCY", "2"),
+            // 2 slots for the 2,000 tasks of 20 ms each: ~20 s for the run, so that the stop
+            // lands in its middle; 2 for the long ones.
+            ("WORKER_CONCURRENCY", "4"),
         ],
     );
     let queues = cluster.ctl(1, &["list_queues", "name", "type", "arguments"]);
@@ -100,6 +104,11 @@ async fn stopping_the_node_under_the_worker_loses_and_doubles_no_task() {
     let other = if under == 1 { 2 } else { 1 };
     let (_conn, channel) = channel_to(&cluster.node_urls[other - 1]).await;
     let mut ids = Vec::new();
+    for _ in 0..2 {
+        let task = OutgoingTask::new("worker.sleep", vec![10.into()], Default::default());
+        ids.push(task.id.clone());
+        publish_task_to(&channel, &slow, &task).await;
+    }
     let mut confirms = Vec::new();
     for _ in 0..2000u32 {
         let task = OutgoingTask::new("worker.sleep", vec![0.02.into()], Default::default());
@@ -127,6 +136,11 @@ async fn stopping_the_node_under_the_worker_loses_and_doubles_no_task() {
     // In the middle of the run: some tasks done, most still queued.
     worker.wait_for_log_count("task finished", 200, Duration::from_secs(120));
     let done_at_stop = finished_per_task(&worker.logs()).len();
+    let finished = finished_per_task(&worker.logs());
+    assert!(
+        !finished.contains_key(&ids[0]) && !finished.contains_key(&ids[1]),
+        "the long tasks still run at the stop"
+    );
     cluster.stop_node(under);
     assert!(
         done_at_stop < 1900,
@@ -199,8 +213,9 @@ async fn stopping_the_node_under_the_worker_loses_and_doubles_no_task() {
 
     let log = worker.logs();
     let skipped = log.matches("redelivered task already succeeded").count();
+    let waited = log.matches("waiting for that run").count();
     eprintln!(
-        "stopped member {under} with {done_at_stop} of 2000 finished; {skipped} redeliveries skipped as already done;\n{}",
+        "stopped member {under} with {done_at_stop} of 2000 finished; {skipped} redeliveries skipped as already done, {waited} waited for their first run;\n{}",
         log.lines()
             .filter(|l| l.contains("failover from"))
             .collect::<Vec<_>>()

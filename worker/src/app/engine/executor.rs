@@ -225,6 +225,31 @@ impl Executor {
         }
     }
 
+    /// Wait while this worker runs `task_id`, at most its hard time limit (30 min without
+    /// one). Only a running copy is waited for: it holds its slot and ends; a reserved one may
+    /// be waiting for the slot this delivery holds.
+    async fn wait_while_running(&self, task_id: &str) {
+        if !self.inflight.is_active(task_id) {
+            return;
+        }
+        info!("redelivered while its first delivery still runs here; waiting for that run");
+        let limit = self
+            .settings
+            .time_limits
+            .hard
+            .unwrap_or(Duration::from_secs(1800))
+            .saturating_add(Duration::from_secs(5));
+        let waited = tokio::time::timeout(limit, async {
+            while self.inflight.is_active(task_id) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            warn!("the first run of a redelivered task did not end in its time limit; going on");
+        }
+    }
+
     /// Decode and run the delivery; returns how to settle it.
     async fn decide(&self, queue: &str, delivery: &Delivery) -> Settle {
         // A message that was delivered this often and never settled (it takes the worker down
@@ -294,6 +319,12 @@ impl Executor {
                 return settle;
             }
         };
+        // A redelivery of a task still running here (its connection died under it, the broker
+        // handed it out again, a failover): let that run end first, so that the check below
+        // finds its SUCCESS rather than running the task a second time beside it.
+        if delivery.redelivered && self.settings.deduplicate_successful_tasks {
+            self.wait_while_running(&message.id).await;
+        }
         // Only a redelivery can find its own SUCCESS stored; first deliveries skip the read.
         if delivery.redelivered
             && self.settings.deduplicate_successful_tasks
