@@ -96,6 +96,12 @@ fn malformed_urls_exit_2_naming_the_setting() {
             "amqp://guest:Zq7u/Kx9?Mw#Tp@Rv:%2Fw@127.0.0.1:5672/%2f",
             "percent-encoded",
         ),
+        // Every broker of a list is checked, not only the first.
+        (
+            "RABBITMQ_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f;amqp://guest:Kx9@127.0.0.1:notaport/%2f",
+            "broker 2 of 2",
+        ),
         ("REDIS_URL", "127.0.0.1:6379", "redis://"),
         ("REDIS_URL", "redis://:pw@127.0.0.1:notaport", "redis://"),
         (

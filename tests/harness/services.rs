@@ -103,6 +103,23 @@ impl RabbitNode {
         }
     }
 
+    /// `rabbitmqctl -n <node> args...`: its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let dir = self.dir.as_deref().expect("node running");
+        let path = root().join("scripts/services/rabbitmq-node");
+        let out = Command::new(&path)
+            .args(["ctl", dir])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Stop the node and boot it again with the same name, ports and data (durable queues and
     /// persistent messages survive).
     pub fn restart(&self) {
@@ -116,6 +133,110 @@ impl Drop for RabbitNode {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
             run_script("rabbitmq-node", &["stop", dir.as_str()], &[]);
+        }
+    }
+}
+
+/// A three-node RabbitMQ cluster of the test's own (`scripts/services/rabbitmq-cluster`),
+/// stopped when dropped, even when the test fails.
+pub struct RabbitCluster {
+    /// Every member's URL, `;`-separated, as RABBITMQ_URL takes them.
+    pub urls: String,
+    /// Member `i + 1`'s URL and node name.
+    pub node_urls: Vec<String>,
+    pub node_names: Vec<String>,
+    dir: Option<String>,
+}
+
+impl RabbitCluster {
+    pub fn start() -> Self {
+        let kv = run_script("rabbitmq-cluster", &["start"], &[]);
+        let size: usize = kv["CLUSTER_SIZE"].parse().expect("CLUSTER_SIZE");
+        Self {
+            urls: kv["URLS"].clone(),
+            node_urls: (1..=size)
+                .map(|i| kv[&format!("NODE{i}_URL")].clone())
+                .collect(),
+            node_names: (1..=size)
+                .map(|i| kv[&format!("NODE{i}_NAME")].clone())
+                .collect(),
+            dir: Some(kv["DIR"].clone()),
+        }
+    }
+
+    fn dir(&self) -> &str {
+        self.dir.as_deref().expect("cluster running")
+    }
+
+    /// Stop member `n` (1-based), keeping its data: the fault.
+    pub fn stop_node(&self, n: usize) {
+        run_script(
+            "rabbitmq-cluster",
+            &["stop-node", &n.to_string(), self.dir()],
+            &[],
+        );
+    }
+
+    /// Boot member `n` again; it rejoins the cluster.
+    pub fn start_node(&self, n: usize) {
+        run_script(
+            "rabbitmq-cluster",
+            &["start-node", &n.to_string(), self.dir()],
+            &[],
+        );
+    }
+
+    /// `rabbitmqctl -n <member n> args...`: its stdout.
+    pub fn ctl(&self, n: usize, args: &[&str]) -> String {
+        let path = root().join("scripts/services/rabbitmq-cluster");
+        let out = Command::new(&path)
+            .args(["ctl", &n.to_string(), self.dir()])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The member (1-based) that holds the connections whose client properties contain
+    /// `needle`, if one does.
+    pub fn node_with_connection(&self, needle: &str) -> Option<usize> {
+        // Any running member lists the whole cluster's connections (without the panics of the
+        // members that are down).
+        let live = (1..=self.node_urls.len()).find_map(|n| {
+            std::panic::catch_unwind(|| {
+                self.ctl(n, &["list_connections", "port", "client_properties"])
+            })
+            .ok()
+        })?;
+        // The server port a connection came in on names its member.
+        let line = live.lines().find(|l| l.contains(needle))?;
+        let port = line.split_whitespace().next()?;
+        let at = format!(":{port}/");
+        self.node_urls
+            .iter()
+            .position(|url| url.contains(&at))
+            .map(|i| i + 1)
+    }
+}
+
+impl Drop for RabbitCluster {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            // No panic in Drop (a failing test is already unwinding): report and go on.
+            let path = root().join("scripts/services/rabbitmq-cluster");
+            match Command::new(&path).args(["stop", dir.as_str()]).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "rabbitmq-cluster stop {dir} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => eprintln!("running {}: {e}", path.display()),
+            }
         }
     }
 }

@@ -89,6 +89,13 @@ pub struct ConnectionSettings {
         global = true
     )]
     pub control_exchange: String,
+
+    /// Type of the task queues we declare, as Celery's `task_default_queue_type` (and
+    /// `task_create_missing_queue_type` for the other queues): `quorum` declares them with
+    /// `x-queue-type=quorum` and prefetches per consumer. Every client of a queue must agree,
+    /// or RabbitMQ answers 406; classic, the default, is what Celery declares unless told.
+    #[arg(long, env = "WORKER_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic, global = true)]
+    pub queue_type: QueueType,
 }
 
 // By hand: a derived Debug would print the URLs' passwords.
@@ -104,6 +111,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("result_key_prefix", &self.result_key_prefix)
             .field("key_prefix", &self.key_prefix)
             .field("control_exchange", &self.control_exchange)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }
@@ -203,6 +211,13 @@ pub struct RunSettings {
     #[arg(long, env = "WORKER_ETA_HOLD", default_value_t = 1.0)]
     pub eta_hold: f64,
 
+    /// Deliveries of one message before it is moved to `<queue>.dead` (reason
+    /// `delivery_limit`) instead of run again: a message that kills the worker each time
+    /// otherwise comes back for ever. Counted by quorum queues (`x-delivery-count`; Celery sets
+    /// no `x-delivery-limit`); classic queues carry no count. 0 = no limit.
+    #[arg(long, env = "WORKER_MAX_DELIVERIES", default_value_t = 20)]
+    pub max_deliveries: u32,
+
     /// Queue type of the delay topology's `celery_delayed_<n>` queues, as Celery's
     /// `broker_native_delayed_delivery_queue_type` (same default): every worker of a broker,
     /// Python or ours, must declare the same, or RabbitMQ answers 406.
@@ -245,6 +260,9 @@ impl DelayQueueType {
         }
     }
 }
+
+/// The type of the task queues: the same two values as Celery's `task_default_queue_type`.
+pub type QueueType = DelayQueueType;
 
 /// The time limits one run gets (`None`: no limit).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -433,6 +451,7 @@ mod tests {
             result_key_prefix: String::new(),
             key_prefix: "worker:".into(),
             control_exchange: "celery".into(),
+            queue_type: QueueType::Classic,
         };
         assert_eq!(s.redis_url_with_db(), "redis://127.0.0.1:6379/2");
         s.redis_url = "redis://127.0.0.1:6379/5".into();
@@ -452,6 +471,7 @@ mod tests {
             result_key_prefix: String::new(),
             key_prefix: "worker:".into(),
             control_exchange: "celery".into(),
+            queue_type: QueueType::Classic,
         };
         let jobs = JobSettings {
             telegram_bot_token: Some("123:tg-token-4242".into()),

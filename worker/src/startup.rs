@@ -156,6 +156,7 @@ impl Worker {
     /// Connect and wire every part; nothing runs until [`Worker::run_until_stopped`].
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         check_urls(&settings)?;
+        connection_topology(&settings.connections);
         let conn = &settings.connections;
         let hostname = settings.consume.as_ref().map_or_else(
             || format!("scheduler@{}", settings::hostname()),
@@ -523,11 +524,16 @@ impl Worker {
     }
 }
 
+/// The task queues' type for every declaration of the process (the CLI sets it too).
+fn connection_topology(conn: &ConnectionSettings) {
+    crate::adapters::broker::topology::set_queue_type(conn.queue_type);
+}
+
 /// Every URL the service will connect to parses as its client will parse it, before anything
 /// connects: DATABASE_URL only where jobs or the scheduler run.
 fn check_urls(settings: &Settings) -> Result<(), StartupError> {
     let conn = &settings.connections;
-    connection::parse_url(&conn.rabbitmq_url)?;
+    connection::parse_urls(&conn.rabbitmq_url)?;
     redis_conn::check_url(&conn.redis_url_with_db())?;
     if settings.consume.is_some() || settings.schedules.is_some() {
         postgres::check_url(&conn.database_url_for_sqlx())?;
@@ -620,6 +626,7 @@ fn executor_settings(run: &RunSettings, hostname: &str) -> ExecutorSettings {
         eta_hold: run.eta_hold(),
         delayed_queue_type: run.delayed_queue_type,
         time_limits: run.time_limits(),
+        max_deliveries: run.max_deliveries,
     }
 }
 

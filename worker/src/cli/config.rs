@@ -18,6 +18,7 @@ pub(crate) fn effective(conn: &ConnectionSettings, run: &RunArgs) -> Value {
         "DEFAULT_TIMEZONE": conn.default_timezone.name(),
         "RESULT_EXPIRES": conn.result_expires,
         "RESULT_KEY_PREFIX": conn.result_key_prefix,
+        "WORKER_QUEUE_TYPE": conn.queue_type,
         "TELEGRAM_BOT_TOKEN": run.jobs.telegram_bot_token.as_deref().filter(|t| !t.trim().is_empty()).map(|_| "***"),
         "TELEGRAM_API_URL": redact_url(&run.jobs.telegram_api_url),
         "REMINDER_HOURS_BEFORE": run.jobs.reminder_hours_before,

@@ -136,6 +136,7 @@ pub fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
+    crate::adapters::broker::topology::set_queue_type(cli.connections.queue_type);
     crate::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(THREAD_STACK)

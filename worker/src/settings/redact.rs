@@ -39,11 +39,39 @@ const SECRET_KEY_PARTS: &[&str] = &[
 /// and `worker config`. Text that is not a URL comes back unchanged.
 pub fn redact_url(url: &str) -> String {
     let mut out = String::with_capacity(url.len());
-    match scheme_start(url) {
-        Some(0) => redact_one(url, &mut out),
+    // A list of URLs as Celery takes them (`amqp://a;amqp://b`, or commas): each one redacted,
+    // or the last `@` would swallow the hosts before it.
+    let mut rest = url;
+    while let Some(at) = next_list_separator(rest) {
+        redact_single(&rest[..at], &mut out);
+        out.push_str(&rest[at..at + 1]);
+        rest = &rest[at + 1..];
+    }
+    redact_single(rest, &mut out);
+    mask_bot_tokens(&out)
+}
+
+fn redact_single(url: &str, out: &mut String) {
+    match scheme_start(url.trim_start()) {
+        Some(0) => {
+            out.push_str(&url[..url.len() - url.trim_start().len()]);
+            redact_one(url.trim_start(), out);
+        }
         _ => out.push_str(url),
     }
-    mask_bot_tokens(&out)
+}
+
+/// The first `;` or `,` in `s` that another URL's scheme follows: a list separator.
+fn next_list_separator(s: &str) -> Option<usize> {
+    s.match_indices([';', ',']).map(|(i, _)| i).find(|&i| {
+        let next = s[i + 1..].trim_start();
+        let scheme_end = next.find("://").unwrap_or(0);
+        scheme_end > 0
+            && next.as_bytes()[0].is_ascii_alphabetic()
+            && next.as_bytes()[..scheme_end]
+                .iter()
+                .all(|b| is_scheme_byte(*b))
+    })
 }
 
 /// `text` with the secrets of every URL inside it hidden (see the module notes), for error

@@ -18,7 +18,17 @@
 //! next connection the same way. lapin keeps a receive and a send buffer of 32 frames per
 //! connection, so the frame size sets that memory; `?frame_max=16384` trades it back where
 //! every publisher's headers are known to stay small.
+//!
+//! RABBITMQ_URL may list several brokers, as Celery's `broker_url` does (`amqp://h1;amqp://h2`,
+//! kombu's alternates; commas between URLs work too): [`broker_urls`] splits it, startup checks
+//! every entry with [`parse_urls`], and [`connect`] tries them in turn, kombu's round-robin
+//! failover. Every connection of the process (consumer, publisher, mailbox, results drainer,
+//! CLI) goes through [`connect`], so all of them follow the same list. An attempt starts at the
+//! broker that answered last (a process-wide hint that nothing else depends on), so that every
+//! connection does not first knock on a node that is gone; when that node dies, the next one in
+//! the list is tried, and the log line names the failover.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
@@ -32,6 +42,17 @@ use crate::settings::{redact_text, redact_url};
 use crate::shutdown::{Phase, Shutdown};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long one broker of the list gets to answer before the next is tried: a node whose host
+/// is down drops packets instead of refusing, and lapin itself never gives up on it (kombu's
+/// `broker_connection_timeout` is 4 s; TLS and a loaded node need more).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Brokers in one RABBITMQ_URL, beyond which the list is refused (a list is a cluster's nodes).
+const MAX_BROKERS: usize = 32;
+
+/// The index in the list of the broker that answered last (see the module notes).
+static LAST_ANSWERED: AtomicUsize = AtomicUsize::new(0);
 
 /// The frame size we ask for when the URL does not say (see the module notes).
 pub(crate) const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
@@ -58,8 +79,113 @@ pub(crate) fn parse_url(url: &str) -> Result<AMQPUri, BrokerError> {
         })
 }
 
-/// One connection attempt.
-pub(crate) async fn connect(url: &str) -> Result<Connection, BrokerError> {
+/// The URLs of a RABBITMQ_URL list, in order: split at every `;` (kombu's alternates) and at
+/// a `,` that an `amqp://` or `amqps://` follows (a comma can be part of a URL's query or of a
+/// raw password, a scheme after it cannot), each trimmed, empty entries skipped.
+pub(crate) fn broker_urls(list: &str) -> Vec<&str> {
+    let mut urls = Vec::new();
+    for part in list.split(';') {
+        let mut rest = part;
+        while let Some(at) = next_comma_before_scheme(rest) {
+            urls.push(rest[..at].trim());
+            rest = &rest[at + 1..];
+        }
+        urls.push(rest.trim());
+    }
+    urls.retain(|u| !u.is_empty());
+    urls
+}
+
+/// The first `,` in `s` that the scheme of another AMQP URL follows.
+fn next_comma_before_scheme(s: &str) -> Option<usize> {
+    s.match_indices(',').map(|(i, _)| i).find(|&i| {
+        let next = s[i + 1..].trim_start().as_bytes();
+        let scheme = |p: &[u8]| next.len() >= p.len() && next[..p.len()].eq_ignore_ascii_case(p);
+        scheme(b"amqp://") || scheme(b"amqps://")
+    })
+}
+
+/// Every URL of RABBITMQ_URL parsed as [`parse_url`] does: one malformed entry makes the whole
+/// list malformed (startup exits 2), rather than a node that is silently never tried.
+pub(crate) fn parse_urls(list: &str) -> Result<Vec<AMQPUri>, BrokerError> {
+    let urls = broker_urls(list);
+    if urls.is_empty() {
+        return Err(BrokerError::InvalidUrl {
+            reason: "empty".to_owned(),
+        });
+    }
+    if urls.len() > MAX_BROKERS {
+        return Err(BrokerError::InvalidUrl {
+            reason: format!("{} brokers listed, at most {MAX_BROKERS}", urls.len()),
+        });
+    }
+    urls.iter()
+        .enumerate()
+        .map(|(i, url)| {
+            parse_url(url).map_err(|e| match e {
+                BrokerError::InvalidUrl { reason } if urls.len() > 1 => BrokerError::InvalidUrl {
+                    reason: format!("broker {} of {}: {reason}", i + 1, urls.len()),
+                },
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// One connection attempt on the list: each broker in turn from the one that answered last,
+/// the first that answers wins. The error is the last broker's (a refused login or vhost at
+/// once: the credentials are the list's, the next node would refuse them too).
+pub(crate) async fn connect(list: &str) -> Result<Connection, BrokerError> {
+    let urls = broker_urls(list);
+    parse_urls(list)?;
+    let start = LAST_ANSWERED.load(Ordering::Relaxed) % urls.len().max(1);
+    let mut failed: Vec<String> = Vec::new();
+    let mut last_error = None;
+    for step in 0..urls.len() {
+        let index = (start + step) % urls.len();
+        let url = urls[index];
+        // The last broker's failure is the caller's to report (one line per attempt).
+        let more = step + 1 < urls.len();
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect_one(url)).await;
+        match attempt {
+            Ok(Ok(conn)) => {
+                LAST_ANSWERED.store(index, Ordering::Relaxed);
+                if !failed.is_empty() {
+                    info!(
+                        url = %redact_url(url),
+                        "connected to {} (failover from {})",
+                        redact_url(url),
+                        failed.join(", ")
+                    );
+                }
+                return Ok(conn);
+            }
+            Ok(Err(e)) if e.is_refusal() => return Err(e),
+            Ok(Err(e)) => {
+                if more {
+                    warn!(url = %redact_url(url), error = %e, "RabbitMQ broker did not answer; trying the next one");
+                }
+                last_error = Some(e);
+            }
+            Err(_) => {
+                if more {
+                    warn!(url = %redact_url(url), timeout = ?CONNECT_TIMEOUT, "RabbitMQ broker did not answer in time; trying the next one");
+                }
+                last_error = Some(BrokerError::Timeout {
+                    url: redact_url(url),
+                    after: CONNECT_TIMEOUT,
+                });
+            }
+        }
+        failed.push(redact_url(url));
+    }
+    Err(last_error.unwrap_or(BrokerError::InvalidUrl {
+        reason: "empty".to_owned(),
+    }))
+}
+
+/// One connection attempt to one broker.
+async fn connect_one(url: &str) -> Result<Connection, BrokerError> {
     let mut uri = parse_url(url)?;
     uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
     let refused_as = Refused::from(&uri);
@@ -199,6 +325,79 @@ mod tests {
         let uri = parse_url("amqps://u:p%2Fw@rabbit/%2f?frame_max=16384").unwrap();
         assert_eq!(uri.authority.userinfo.password, "p/w");
         assert_eq!(uri.query.frame_max, Some(16384));
+    }
+
+    #[test]
+    fn a_broker_list_splits_as_celery_writes_it() {
+        let a = "amqp://u:p@h1:5672/%2f";
+        let b = "amqps://u:p@h2:5671/v";
+        assert_eq!(broker_urls(a), vec![a]);
+        assert_eq!(broker_urls(&format!("{a};{b}")), vec![a, b]);
+        assert_eq!(broker_urls(&format!(" {a} ; {b} ;")), vec![a, b]);
+        assert_eq!(broker_urls(&format!("{a},{b}")), vec![a, b]);
+        assert_eq!(
+            broker_urls(&format!("{a}, AMQP://h3")),
+            vec![a, "AMQP://h3"]
+        );
+        // A comma that no scheme follows belongs to the URL (a raw password, a query).
+        let comma = "amqp://u:p,w@h1/%2f?frame_max=16384";
+        assert_eq!(broker_urls(&format!("{comma},{b}")), vec![comma, b]);
+        assert!(broker_urls(" ; ,").len() <= 1);
+        assert_eq!(parse_urls(&format!("{a};{b}")).unwrap().len(), 2);
+        assert_eq!(
+            parse_urls(&format!("{a};{b}")).unwrap()[1].authority.host,
+            "h2"
+        );
+    }
+
+    #[test]
+    fn every_url_of_a_list_is_checked_without_echoing_it() {
+        for list in [
+            "amqp://u:p@h1/%2f;http://u:Kx9secret@h2/",
+            "amqp://u:p@h1/%2f;amqp://u:Kx9secret@h2:notaport/%2f",
+            "amqp://u:Kx9secret@h1:99999/%2f,amqp://h2",
+            "",
+            " ; ",
+        ] {
+            let e = parse_urls(list).unwrap_err().to_string();
+            assert!(e.starts_with("RABBITMQ_URL is not a valid AMQP URL"), "{e}");
+            assert!(!e.contains("Kx9"), "{e}");
+        }
+        let e = parse_urls("amqp://h1;amqp://h2:x").unwrap_err().to_string();
+        assert!(e.contains("broker 2 of 2"), "{e}");
+        let many = vec!["amqp://h"; MAX_BROKERS + 1].join(";");
+        assert!(parse_urls(&many).is_err());
+    }
+
+    #[test]
+    fn a_broker_list_is_redacted_entry_by_entry() {
+        let shown =
+            redact_url("amqp://u:Kx9one@h1:5672/%2f;amqps://v:Kx9two@h2/%2f, amqp://w:Kx9three@h3");
+        assert!(!shown.contains("Kx9"), "{shown}");
+        for host in ["@h1:5672", "@h2/", "@h3"] {
+            assert!(shown.contains(host), "{host} in {shown}");
+        }
+    }
+
+    /// The first broker of the list refuses connections (nothing listens on its port): the
+    /// second, the local RabbitMQ, answers.
+    #[tokio::test]
+    async fn a_dead_broker_of_the_list_is_passed_over() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let list = format!(
+            "amqp://guest:guest@127.0.0.1:{port}/%2f;amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        LAST_ANSWERED.store(0, Ordering::Relaxed);
+        let conn = connect(&list).await.expect("the second broker answers");
+        assert_eq!(LAST_ANSWERED.load(Ordering::Relaxed), 1);
+        let _ = conn.close(200, "test".into()).await;
+        let none = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        assert!(matches!(
+            connect(&none).await,
+            Err(BrokerError::Connect { .. })
+        ));
     }
 
     /// Against the local RabbitMQ (guest with a wrong password): returned before the first

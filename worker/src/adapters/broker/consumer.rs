@@ -2,6 +2,9 @@
 //!
 //! The prefetch is global to the channel (`basic.qos(global=true)`), as Celery sets it, so the
 //! worker holds at most `prefetch` unacked messages whatever the number of queues. Deliveries
+//! With quorum queues (WORKER_QUEUE_TYPE=quorum) the prefetch is per consumer instead, as Celery
+//! does when it detects them: RabbitMQ refuses global QoS on a quorum queue, so each queue's
+//! consumer holds at most `prefetch` unacked messages. Deliveries
 //! are handed to the per-queue apalis backends through bounded channels. When the connection or
 //! a consumer dies, everything is re-opened with backoff; deliveries still held from the dead
 //! channel cannot be acked any more, and RabbitMQ redelivers them — at-least-once, never lost.
@@ -247,11 +250,41 @@ async fn open_channel(
         .await
         .map_err(BrokerError::amqp("channel.open"))?;
     channel
-        .basic_qos(prefetch, BasicQosOptions { global: true })
+        .basic_qos(
+            prefetch,
+            BasicQosOptions {
+                global: topology::queue_type() == crate::settings::QueueType::Classic,
+            },
+        )
         .await
         .map_err(BrokerError::amqp("basic.qos"))?;
     for q in queues {
-        topology::declare_with_dead_letter(&channel, q).await?;
+        topology::declare_celery_queue(&channel, q).await?;
     }
+    declare_dead_letter_queues(conn, queues).await;
     Ok(channel)
+}
+
+/// Declare the `<queue>.dead` queues on a channel of their own: they are classic queues, so in
+/// a cluster each lives on one node, and while that node is down its declaration fails
+/// (NOT_FOUND, "home node ... is down"). That must not stop consuming from the quorum queues,
+/// which the other nodes still serve. Meanwhile a dead letter may not reach it (see the
+/// report of the cluster test in tests/broker_cluster.rs).
+async fn declare_dead_letter_queues(conn: &Connection, queues: &[String]) {
+    for q in queues {
+        let declared = async {
+            let channel = conn
+                .create_channel()
+                .await
+                .map_err(BrokerError::amqp("channel.open"))?;
+            topology::declare_dead_letter_queue(&channel, q).await?;
+            let _ = channel
+                .close(200, "dead-letter queue declared".into())
+                .await;
+            Ok::<(), BrokerError>(())
+        };
+        if let Err(e) = declared.await {
+            error!(queue = %q, error = %e, "cannot declare the dead-letter queue; consuming anyway");
+        }
+    }
 }

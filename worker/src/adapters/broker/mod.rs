@@ -49,6 +49,11 @@ pub enum BrokerError {
         #[source]
         source: lapin::Error,
     },
+    #[error("RabbitMQ at {url} did not answer within {after:?}")]
+    Timeout {
+        url: String,
+        after: std::time::Duration,
+    },
     #[error("RabbitMQ operation `{op}` failed: {source}")]
     Amqp {
         op: &'static str,

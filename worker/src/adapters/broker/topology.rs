@@ -11,15 +11,46 @@
 //! exchange types), so that a Python worker and this one can declare it in either order. Our
 //! queues are bound to `celery_delayed_delivery` by `#.<queue>`: a binding, not an argument, so
 //! Celery's own declaration of the queue is untouched.
+//!
+//! With `WORKER_QUEUE_TYPE=quorum` the task queues carry `x-queue-type=quorum` and nothing else,
+//! as Celery 5.7 declares its queues with `task_default_queue_type="quorum"` (and
+//! `task_create_missing_queue_type="quorum"` for the others): celery/app/amqp.py gives them
+//! `queue_arguments={'x-queue-type': 'quorum'}` and the same durable direct exchange. Celery sets
+//! no `x-delivery-limit` (and RabbitMQ 3.x none by default), so the executor enforces a limit
+//! of its own from the `x-delivery-count` header quorum queues add. The type is process-wide
+//! ([`set_queue_type`] at startup), so that every declaration — consumer, publisher, CLI —
+//! says the same thing.
 
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
+use std::sync::OnceLock;
 
 use super::BrokerError;
-use crate::settings::DelayQueueType;
+use crate::settings::{DelayQueueType, QueueType};
+
+static QUEUE_TYPE: OnceLock<QueueType> = OnceLock::new();
+
+/// Set the type of the task queues for the process (WORKER_QUEUE_TYPE); the first call wins.
+pub fn set_queue_type(queue_type: QueueType) {
+    let _ = QUEUE_TYPE.set(queue_type);
+}
+
+/// The type of the task queues (classic until [`set_queue_type`] says otherwise).
+pub fn queue_type() -> QueueType {
+    QUEUE_TYPE.get().copied().unwrap_or(QueueType::Classic)
+}
+
+/// The arguments Celery gives a task queue of this type: none for classic.
+pub fn celery_queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        args.insert("x-queue-type".into(), str_arg("quorum"));
+    }
+    args
+}
 use crate::wire::outgoing::{
     DELAY_BITS, DELAYED_DELIVERY_EXCHANGE, delay_level_name, delayed_routing_key,
 };
@@ -159,7 +190,7 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// Declare `queue` as Celery does.
+/// Declare `queue` as Celery does, of the process's queue type.
 pub async fn declare_celery_queue(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -178,7 +209,7 @@ pub async fn declare_celery_queue(channel: &Channel, queue: &str) -> Result<(), 
         .queue_declare(
             queue.into(),
             QueueDeclareOptions::durable(),
-            FieldTable::default(),
+            celery_queue_arguments(queue_type()),
         )
         .await
         .map_err(BrokerError::amqp("queue.declare"))?;
@@ -198,6 +229,11 @@ pub async fn declare_celery_queue(channel: &Channel, queue: &str) -> Result<(), 
 /// Declare `queue` and its dead-letter queue.
 pub async fn declare_with_dead_letter(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
     declare_celery_queue(channel, queue).await?;
+    declare_dead_letter_queue(channel, queue).await
+}
+
+/// Declare `<queue>.dead`: durable, argument-free (classic whatever the task queues are).
+pub async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
     channel
         .queue_declare(
             dead_letter_queue(queue).as_str().into(),
@@ -221,4 +257,26 @@ pub async fn declare_own_queue(channel: &Channel, queue: &str) -> Result<(), Bro
         .await
         .map_err(BrokerError::amqp("queue.declare"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What celery/app/amqp.py gives its queues: nothing for classic, exactly
+    /// `{'x-queue-type': 'quorum'}` for quorum (no delivery limit, no dead-letter exchange).
+    #[test]
+    fn task_queues_carry_what_celery_declares() {
+        assert!(
+            celery_queue_arguments(QueueType::Classic)
+                .inner()
+                .is_empty()
+        );
+        let quorum = celery_queue_arguments(QueueType::Quorum);
+        assert_eq!(quorum.inner().len(), 1);
+        assert_eq!(
+            quorum.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+    }
 }

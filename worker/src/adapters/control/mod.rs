@@ -14,10 +14,11 @@ use serde_json::{Value, json};
 
 use crate::adapters::broker::connection;
 
-/// `stats()["broker"]` for RABBITMQ_URL: where and who, never the password.
+/// `stats()["broker"]` for RABBITMQ_URL (its first broker when it lists several): where and
+/// who, never the password.
 pub(crate) fn broker_facts(url: &str) -> Value {
-    match connection::parse_url(url) {
-        Ok(uri) => json!({
+    match connection::parse_urls(url).map(|uris| uris.into_iter().next()) {
+        Ok(Some(uri)) => json!({
             "hostname": uri.authority.host,
             "port": uri.authority.port,
             "userid": uri.authority.userinfo.username,
@@ -26,6 +27,6 @@ pub(crate) fn broker_facts(url: &str) -> Value {
             "ssl": matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS),
             "heartbeat": uri.query.heartbeat,
         }),
-        Err(_) => Value::Null,
+        Ok(None) | Err(_) => Value::Null,
     }
 }

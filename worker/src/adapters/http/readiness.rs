@@ -170,7 +170,7 @@ fn broker_problem(e: &BrokerError) -> &'static str {
         BrokerError::Authentication { .. } => AUTHENTICATION_FAILED,
         BrokerError::VhostRefused { .. } => "vhost refused",
         BrokerError::InvalidUrl { .. } => "invalid RABBITMQ_URL",
-        BrokerError::Connect { .. } => UNREACHABLE,
+        BrokerError::Connect { .. } | BrokerError::Timeout { .. } => UNREACHABLE,
         BrokerError::Amqp { .. } | BrokerError::Nacked { .. } | BrokerError::Unroutable { .. } => {
             FAILED
         }

@@ -76,6 +76,8 @@ pub(crate) struct ExecutorSettings {
     /// The delay topology's queue type, declared before the first delayed publish.
     pub delayed_queue_type: DelayQueueType,
     pub time_limits: TimeLimits,
+    /// Deliveries (quorum queues' `x-delivery-count`) after which a message is parked; 0 = none.
+    pub max_deliveries: u32,
 }
 
 pub(crate) struct Executor {
@@ -270,8 +272,51 @@ impl Executor {
         }
     }
 
+    /// Wait while this worker runs `task_id`, at most its hard time limit (30 min without
+    /// one). Only a running copy is waited for: it holds its slot and ends; a reserved one may
+    /// be waiting for the slot this delivery holds.
+    async fn wait_while_running(&self, task_id: &str) {
+        if !self.inflight.is_active(task_id) {
+            return;
+        }
+        info!("redelivered while its first delivery still runs here; waiting for that run");
+        let limit = self
+            .settings
+            .time_limits
+            .hard
+            .unwrap_or(Duration::from_secs(1800))
+            .saturating_add(Duration::from_secs(5));
+        let waited = tokio::time::timeout(limit, async {
+            while self.inflight.is_active(task_id) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            warn!("the first run of a redelivered task did not end in its time limit; going on");
+        }
+    }
+
     /// Decode and run the delivery; returns how to settle it.
     async fn decide(&self, queue: &str, delivery: &Delivery) -> Settle {
+        // A message that was delivered this often and never settled (it takes the worker down
+        // each time, say) is parked before it can do so again.
+        let deliveries = delivery_count(delivery);
+        if self.settings.max_deliveries > 0 && deliveries >= u64::from(self.settings.max_deliveries)
+        {
+            error!(
+                queue,
+                deliveries,
+                "a message reached the delivery limit without being settled; moving it to {queue}.dead"
+            );
+            let err = TaskError::runtime_error(format!(
+                "delivered {deliveries} times without being settled (WORKER_MAX_DELIVERIES={})",
+                self.settings.max_deliveries
+            ));
+            return self
+                .park_unsettled(queue, delivery, "delivery_limit", &err)
+                .await;
+        }
         let delivered = Delivered::new(&delivery.properties, &delivery.data);
         match delivery::read(delivered, self.settings.limits) {
             Ok(message) => {
@@ -321,6 +366,12 @@ impl Executor {
                 return settle;
             }
         };
+        // A redelivery of a task still running here (its connection died under it, the broker
+        // handed it out again, a failover): let that run end first, so that the check below
+        // finds its SUCCESS rather than running the task a second time beside it.
+        if delivery.redelivered && self.settings.deduplicate_successful_tasks {
+            self.wait_while_running(&message.id).await;
+        }
         // Only a redelivery can find its own SUCCESS stored; first deliveries skip the read.
         if delivery.redelivered
             && self.settings.deduplicate_successful_tasks
@@ -820,6 +871,25 @@ fn reports_errors(value: &Value) -> bool {
 }
 
 /// The task id a delivery carries (`id` header, else the correlation id), if any.
+/// Earlier deliveries of this message, as a quorum queue counts them (`x-delivery-count`,
+/// absent on the first delivery and on classic queues: 0).
+fn delivery_count(delivery: &Delivery) -> u64 {
+    use lapin::types::AMQPValue;
+    let Some(table) = delivery.properties.headers().as_ref() else {
+        return 0;
+    };
+    match table.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortUInt(n)) => u64::from(*n),
+        _ => 0,
+    }
+}
+
 fn top_level_id(delivery: &Delivery) -> Option<String> {
     let table = delivery.properties.headers().clone().unwrap_or_default();
     let correlation_id = delivery.properties.correlation_id().as_ref();
