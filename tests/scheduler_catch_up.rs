@@ -26,7 +26,7 @@ struct Running {
 
 impl Running {
     async fn start(settings: SchedulerSettings, publisher: Arc<dyn TickPublisher>) -> Self {
-        let redis = redis().await;
+        let redis = harness::results::worker_redis().await;
         let stop = CancellationToken::new();
         let handle = tokio::spawn({
             let stop = stop.clone();

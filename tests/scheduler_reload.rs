@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use chrono_tz::Tz;
 use harness::scheduler::*;
-use harness::{redis, unique};
+use harness::unique;
 use tokio_util::sync::CancellationToken;
 use worker::scheduler::{SchedulerSettings, run};
 
@@ -35,7 +35,7 @@ struct Scheduler {
 }
 
 async fn start(settings: SchedulerSettings) -> Scheduler {
-    let redis = redis().await;
+    let redis = harness::results::worker_redis().await;
     let publisher = Arc::new(AmqpPublisher::connect().await);
     let stop = CancellationToken::new();
     let handle = tokio::spawn({

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use harness::scheduler::*;
-use harness::{redis, unique};
+use harness::unique;
 use tokio_util::sync::CancellationToken;
 use worker::scheduler::{SchedulerSettings, run};
 
@@ -20,7 +20,7 @@ const TICKS: i64 = 100;
 async fn start_replica(
     settings: SchedulerSettings,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let redis = redis().await;
+    let redis = harness::results::worker_redis().await;
     let publisher = Arc::new(AmqpPublisher::connect().await);
     let stop = CancellationToken::new();
     let handle = tokio::spawn({

@@ -73,7 +73,7 @@ pub(crate) fn check(conn: &ConnectionSettings, args: CheckArgs) -> anyhow::Resul
 
 pub(crate) async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::Result<Outcome> {
     let schedules = load(&args.schedules.schedules_file, conn)?;
-    let (_, mut redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
+    let mut redis = redis_conn::connect(&redis_conn::RedisTarget::new(conn), Some(3)).await?;
     let status = scheduler::status(&schedules, &mut redis, &conn.key_prefix, Utc::now()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);

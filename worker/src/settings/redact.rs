@@ -39,11 +39,36 @@ const SECRET_KEY_PARTS: &[&str] = &[
 /// and `worker config`. Text that is not a URL comes back unchanged.
 pub fn redact_url(url: &str) -> String {
     let mut out = String::with_capacity(url.len());
+    if let Some(list) = url_list(url) {
+        for (i, one) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(';');
+            }
+            redact_one(one, &mut out);
+        }
+        return mask_bot_tokens(&out);
+    }
     match scheme_start(url) {
         Some(0) => redact_one(url, &mut out),
         _ => out.push_str(url),
     }
     mask_bot_tokens(&out)
+}
+
+/// A `;`-separated list of URLs of one scheme (Celery's `sentinel://a;sentinel://b`, a broker
+/// failover list), each redacted on its own so that the hosts stay readable. A `;` inside a
+/// raw password is not followed by the same `scheme://`, so such a URL is not split and is
+/// masked whole, which hides more, never less.
+fn url_list(url: &str) -> Option<Vec<&str>> {
+    let (scheme, _) = url.split_once("://")?;
+    if scheme.is_empty() || !url.contains(';') || scheme_start(url) != Some(0) {
+        return None;
+    }
+    let prefix = format!("{scheme}://");
+    let list: Vec<&str> = url.split(';').collect();
+    list.iter()
+        .all(|one| one.starts_with(&prefix))
+        .then_some(list)
 }
 
 /// `text` with the secrets of every URL inside it hidden (see the module notes), for error
@@ -487,5 +512,19 @@ mod tests {
             let _ = redact_text(text);
             let _ = redact_url(text);
         }
+    }
+
+    #[test]
+    fn sentinel_lists_are_redacted_one_by_one() {
+        let out = redact_url(
+            "sentinel://:Kx9pw@h1:26379/0;sentinel://u:Mw7pw@h2:26379/0;sentinel://h3:26379",
+        );
+        assert_eq!(
+            out,
+            "sentinel://:***@h1:26379/0;sentinel://u:***@h2:26379/0;sentinel://h3:26379"
+        );
+        // A raw `;` in a password: not a list, masked whole.
+        let out = redact_url("sentinel://:a;b@h1:26379");
+        assert!(!out.contains("a;b"), "{out}");
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::adapters::redis_conn::RedisConn;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -35,7 +35,7 @@ pub(crate) enum BrokerProbe {
 
 pub(crate) struct Dependencies {
     pub broker: BrokerProbe,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// The jobs' pool; None where no job runs (`worker scheduler`).
     pub postgres: Option<PgPool>,
     /// Depth of the undelivered-results queue; None where nothing is consumed.
@@ -171,6 +171,8 @@ fn broker_problem(e: &BrokerError) -> &'static str {
         BrokerError::VhostRefused { .. } => "vhost refused",
         BrokerError::InvalidUrl { .. } => "invalid RABBITMQ_URL",
         BrokerError::Connect { .. } => UNREACHABLE,
+        BrokerError::CertificateVerifyFailed { .. } => "certificate verify failed",
+        BrokerError::TlsFile { .. } => "TLS file unreadable",
         BrokerError::Amqp { .. } | BrokerError::Nacked { .. } | BrokerError::Unroutable { .. } => {
             FAILED
         }

@@ -142,7 +142,7 @@ pub enum SchedulerError {
 /// or broker errors are logged and retried, invalid edits are logged and ignored.
 pub async fn run(
     settings: SchedulerSettings,
-    redis: redis::aio::ConnectionManager,
+    redis: crate::adapters::redis_conn::RedisConn,
     publisher: Arc<dyn TickPublisher>,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::adapters::redis_conn::RedisConn;
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -37,7 +37,7 @@ const MAX_BACKOFF: TimeDelta = TimeDelta::seconds(30);
 
 /// What every schedule loop of one scheduler shares.
 pub(crate) struct Shared {
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub publisher: Arc<dyn TickPublisher>,
     pub key_prefix: String,
     /// Identifies this scheduler instance in claim tokens, for debugging stuck claims.
@@ -175,7 +175,7 @@ pub(crate) async fn run_schedule(
 async fn attempt(
     schedule: &Schedule,
     shared: &Shared,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     tick: DateTime<Utc>,
 ) -> Attempt {
     let name = schedule.name.as_str();

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::adapters::redis_conn::RedisConn;
 use chrono::Utc;
 use chrono_tz::Tz;
-use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -21,7 +21,7 @@ use crate::metrics::METRICS;
 /// A validated scheduler, ready to run.
 pub(crate) struct SchedulerService {
     settings: SchedulerSettings,
-    redis: ConnectionManager,
+    redis: RedisConn,
     publisher: Arc<dyn TickPublisher>,
 }
 
@@ -33,7 +33,7 @@ impl SchedulerService {
         default_timezone: Tz,
         key_prefix: &str,
         known_tasks: HashMap<String, String>,
-        redis: ConnectionManager,
+        redis: RedisConn,
         publisher: Arc<dyn TickPublisher>,
     ) -> Result<Self, ScheduleFileError> {
         let (schedules, warnings) = check_file(path, default_timezone, &known_tasks)?;
@@ -76,7 +76,7 @@ pub(crate) struct StatusReporter {
     default_timezone: Tz,
     key_prefix: String,
     known_tasks: HashMap<String, String>,
-    redis: ConnectionManager,
+    redis: RedisConn,
 }
 
 impl StatusReporter {
