@@ -335,11 +335,17 @@ impl RedisConn {
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_timeout()
-            || matches!(
-                e.kind(),
-                ErrorKind::Server(ServerErrorKind::ReadOnly)
-                    | ErrorKind::Server(ServerErrorKind::MasterDown)
-            )
+            || Self::refused_write(e)
+            || e.kind() == ErrorKind::Server(ServerErrorKind::MasterDown)
+    }
+
+    /// The server refused the command before running it: a replica (`READONLY`), or a master
+    /// that lost its replicas (`NOREPLICAS`, with `min-replicas-to-write`, which is how an old
+    /// master cut off by a failover stops taking writes that its demotion would discard).
+    fn refused_write(e: &redis::RedisError) -> bool {
+        e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+            || e.code() == Some("NOREPLICAS")
+            || e.to_string().contains("NOREPLICAS")
     }
 
     /// Ask the sentinels for the master; when it moved, replace the manager. Returns whether
@@ -394,8 +400,8 @@ impl ConnectionLike for RedisConn {
             match result {
                 Err(e) if self.0.sentinel.is_some() && Self::may_have_moved(&e) => {
                     let moved = self.re_resolve().await;
-                    // READONLY: the command did not run, so it is safe to send it again.
-                    if moved && e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) {
+                    // Refused before it ran: safe to send it again, to the new master.
+                    if moved && Self::refused_write(&e) {
                         return self.manager().req_packed_command(cmd).await;
                     }
                     Err(e)
@@ -426,6 +432,21 @@ impl ConnectionLike for RedisConn {
 
     fn get_db(&self) -> i64 {
         self.manager().get_db()
+    }
+}
+
+/// Behind Sentinel, ask for the master every second while any clone of the connection lives.
+/// A failover promotes the replica at once but demotes the old master only at the sentinels'
+/// next poll (~10 s): until then it still takes writes, which its resync then discards. Errors
+/// alone would notice the move only at the demotion; this bounds the window to about a second
+/// (and `min-replicas-to-write 1` on the servers closes it, see docs/deployment.md).
+async fn watch_master(shared: std::sync::Weak<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        RedisConn(shared).re_resolve().await;
     }
 }
 
@@ -511,12 +532,16 @@ pub(crate) async fn connect(
                 if sentinel.is_some() {
                     info!(url = %redacted, master = %current.1.get_connection_info().addr(), "connected to the Redis master Sentinel names");
                 }
-                return Ok(RedisConn(Arc::new(Shared {
+                let conn = RedisConn(Arc::new(Shared {
                     current: RwLock::new(current),
                     sentinel,
                     config,
                     redacted,
-                })));
+                }));
+                if conn.0.sentinel.is_some() {
+                    tokio::spawn(watch_master(Arc::downgrade(&conn.0)));
+                }
+                return Ok(conn);
             }
             Err(source) => {
                 if let Some(reason) = certificate_failure(&source) {

@@ -39,17 +39,8 @@ const SECRET_KEY_PARTS: &[&str] = &[
 /// and `worker config`. Text that is not a URL comes back unchanged.
 pub fn redact_url(url: &str) -> String {
     let mut out = String::with_capacity(url.len());
-    if let Some(list) = url_list(url) {
-        for (i, one) in list.iter().enumerate() {
-            if i > 0 {
-                out.push(';');
-            }
-            redact_one(one, &mut out);
-        }
-        return mask_bot_tokens(&out);
-    }
     match scheme_start(url) {
-        Some(0) => redact_one(url, &mut out),
+        Some(0) => redact_listed(url, &mut out),
         _ => out.push_str(url),
     }
     mask_bot_tokens(&out)
@@ -71,6 +62,21 @@ fn url_list(url: &str) -> Option<Vec<&str>> {
         .then_some(list)
 }
 
+/// One URL, or a list of them (see [`url_list`]), redacted into `out`.
+fn redact_listed(url: &str, out: &mut String) {
+    match url_list(url) {
+        Some(list) => {
+            for (i, one) in list.iter().enumerate() {
+                if i > 0 {
+                    out.push(';');
+                }
+                redact_one(one, out);
+            }
+        }
+        None => redact_one(url, out),
+    }
+}
+
 /// `text` with the secrets of every URL inside it hidden (see the module notes), for error
 /// chains and log lines that may quote a URL.
 pub fn redact_text(text: &str) -> String {
@@ -88,7 +94,7 @@ pub fn redact_text(text: &str) -> String {
         out.push_str(&rest[..start]);
         let url = &rest[start..];
         let len = token_len(url);
-        redact_one(&url[..len], &mut out);
+        redact_listed(&url[..len], &mut out);
         rest = &url[len..];
     }
     out.push_str(rest);
@@ -522,6 +528,10 @@ mod tests {
         assert_eq!(
             out,
             "sentinel://:***@h1:26379/0;sentinel://u:***@h2:26379/0;sentinel://h3:26379"
+        );
+        assert_eq!(
+            redact_text("redis=sentinel://127.0.0.1:1;sentinel://127.0.0.1:2 next"),
+            "redis=sentinel://127.0.0.1:1;sentinel://127.0.0.1:2 next"
         );
         // A raw `;` in a password: not a list, masked whole.
         let out = redact_url("sentinel://:a;b@h1:26379");
