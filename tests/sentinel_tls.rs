@@ -246,7 +246,10 @@ async fn tls_to_redis_rabbitmq_and_postgres_and_a_wrong_ca_is_refused() {
     let worker = WorkerProcess::start(std::slice::from_ref(&queue), &wrong_env);
     let body = readyz(&worker).await;
     assert_eq!(body["checks"]["postgres"]["ok"], false, "{body}");
-    assert_eq!(body["checks"]["postgres"]["error"], "TLS failed", "{body}");
+    assert_eq!(
+        body["checks"]["postgres"]["error"], "certificate verify failed",
+        "{body}"
+    );
     drop(worker);
 
     // Redis or RabbitMQ with the wrong CA: exit 2 at once, saying so, no plain-text retry.

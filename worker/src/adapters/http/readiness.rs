@@ -202,6 +202,9 @@ fn postgres_problem(e: &sqlx::Error) -> &'static str {
             Some("28P01" | "28000") => AUTHENTICATION_FAILED,
             _ => FAILED,
         },
+        sqlx::Error::Io(io) if crate::adapters::postgres::is_certificate_failure(io) => {
+            "certificate verify failed"
+        }
         sqlx::Error::Io(_) | sqlx::Error::PoolClosed => UNREACHABLE,
         sqlx::Error::PoolTimedOut => TIMED_OUT,
         sqlx::Error::Tls(_) => "TLS failed",
