@@ -15,6 +15,15 @@ pub async fn redis() -> ConnectionManager {
         .expect("Redis must run on 127.0.0.1:6379")
 }
 
+/// The worker's own Redis handle (what the scheduler takes), on the shared Redis.
+#[allow(dead_code)]
+pub async fn worker_redis() -> worker::RedisConn {
+    worker::results::ResultStore::connect(REDIS_URL, "", 60)
+        .await
+        .expect("Redis must run on 127.0.0.1:6379")
+        .connection()
+}
+
 /// The stored result document of `id`, waiting up to `timeout` for `status` (any if None).
 pub async fn wait_result(id: &str, status: Option<&str>, timeout: Duration) -> Option<Value> {
     let mut conn = redis().await;

@@ -1,4 +1,5 @@
-//! Private service instances for fault tests — a Redis with its own settings, a RabbitMQ node —
+//! Private service instances for fault tests — a Redis with its own settings (or TLS), a
+//! RabbitMQ node (optionally with a TLS listener), a Redis Sentinel set, a throwaway TLS CA —
 //! started by `scripts/services/` on loopback and stopped by PID when dropped, even when the
 //! test fails. The shared services are never touched.
 
@@ -31,17 +32,30 @@ fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> HashMap<Stri
 pub struct RedisServer {
     pub url: String,
     pub port: String,
+    /// `rediss://127.0.0.1:<port>/0` when started with `TLS_CERT`.
+    pub tls_url: Option<String>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     dir: Option<String>,
 }
 
 impl RedisServer {
     /// Start one with these extra server arguments (e.g. `--maxmemory 2mb`).
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Start one with `redis-instance`'s environment too (`TLS_CERT`, `TLS_KEY`, `TLS_CA`, ...).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut redis = Self {
             url: String::new(),
             port: String::new(),
+            tls_url: None,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             dir: None,
         };
         redis.start_again();
@@ -61,14 +75,18 @@ impl RedisServer {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let mut start = vec!["start"];
         start.extend(args);
-        let env: Vec<(&str, &str)> = if self.port.is_empty() {
-            vec![]
-        } else {
-            vec![("PORT", self.port.as_str())]
-        };
+        let mut env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if !self.port.is_empty() {
+            env.push(("PORT", self.port.as_str()));
+        }
         let kv = run_script("redis-instance", &start, &env);
-        self.url = kv["URL"].clone();
+        self.url = kv.get("URL").cloned().unwrap_or_default();
         self.port = kv["PORT"].clone();
+        self.tls_url = kv.get("TLS_URL").cloned();
         self.dir = Some(kv["DIR"].clone());
     }
 
@@ -91,14 +109,22 @@ impl Drop for RedisServer {
 /// A RabbitMQ node of the test's own (`scripts/services/rabbitmq-node`).
 pub struct RabbitNode {
     pub url: String,
+    /// `amqps://guest:guest@127.0.0.1:<port>/%2f` when started with `TLS_CERT`.
+    pub tls_url: Option<String>,
     dir: Option<String>,
 }
 
 impl RabbitNode {
     pub fn start() -> Self {
-        let kv = run_script("rabbitmq-node", &["start"], &[]);
+        Self::start_with_env(&[])
+    }
+
+    /// Start one with `rabbitmq-node`'s environment (`TLS_CERT`, `TLS_KEY`, `TLS_CA`, ...).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let kv = run_script("rabbitmq-node", &["start"], env);
         Self {
             url: kv["URL"].clone(),
+            tls_url: kv.get("TLS_URL").cloned(),
             dir: Some(kv["DIR"].clone()),
         }
     }
@@ -237,6 +263,78 @@ impl Drop for RabbitCluster {
                 ),
                 Err(e) => eprintln!("running {}: {e}", path.display()),
             }
+        }
+    }
+}
+
+/// Redis master, replica and three sentinels (`scripts/services/redis-sentinel-set`).
+pub struct SentinelSet {
+    /// `sentinel://127.0.0.1:a;sentinel://127.0.0.1:b;sentinel://127.0.0.1:c`.
+    pub sentinel_url: String,
+    pub master_name: String,
+    pub master_port: String,
+    dir: Option<String>,
+}
+
+impl SentinelSet {
+    pub fn start() -> Self {
+        let kv = run_script("redis-sentinel-set", &["start"], &[]);
+        Self {
+            sentinel_url: kv["SENTINEL_URL"].clone(),
+            master_name: kv["MASTER_NAME"].clone(),
+            master_port: kv["MASTER_PORT"].clone(),
+            dir: Some(kv["DIR"].clone()),
+        }
+    }
+
+    /// `SENTINEL FAILOVER`, waiting until every sentinel agrees; returns the new master's port.
+    pub fn failover(&mut self) -> String {
+        let dir = self.dir.as_deref().expect("set running");
+        let kv = run_script("redis-sentinel-set", &["failover", dir], &[]);
+        self.master_port = kv["NEW_MASTER_PORT"].clone();
+        self.master_port.clone()
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            run_script("redis-sentinel-set", &["stop", dir.as_str()], &[]);
+        }
+    }
+}
+
+/// A throwaway CA with server and client certificates, and an unrelated "wrong" CA
+/// (`scripts/services/tls-ca`); the files are removed when dropped.
+pub struct TlsCa {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    pub client_cert: String,
+    pub client_key: String,
+    pub wrong_ca: String,
+    dir: Option<String>,
+}
+
+impl TlsCa {
+    pub fn make() -> Self {
+        let kv = run_script("tls-ca", &["make"], &[]);
+        Self {
+            ca: kv["CA"].clone(),
+            cert: kv["CERT"].clone(),
+            key: kv["KEY"].clone(),
+            client_cert: kv["CLIENT_CERT"].clone(),
+            client_key: kv["CLIENT_KEY"].clone(),
+            wrong_ca: kv["WRONG_CA"].clone(),
+            dir: Some(kv["DIR"].clone()),
+        }
+    }
+}
+
+impl Drop for TlsCa {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            run_script("tls-ca", &["remove", dir.as_str()], &[]);
         }
     }
 }

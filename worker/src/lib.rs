@@ -30,5 +30,6 @@ mod telemetry;
 pub mod wire;
 
 pub use adapters::broker::topology;
+pub use adapters::redis_conn::RedisConn;
 pub use adapters::results;
 pub use app::scheduler;

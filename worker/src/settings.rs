@@ -9,6 +9,7 @@
 //! echo the values of those variables in `--help`, and the settings that hold a secret write
 //! their `Debug` by hand so that `{:?}` cannot print one either.
 
+pub(crate) mod listing;
 mod redact;
 
 pub use redact::{redact_text, redact_url};
@@ -43,6 +44,37 @@ pub struct ConnectionSettings {
         global = true
     )]
     pub redis_url: String,
+
+    /// The master's name when REDIS_URL is a `sentinel://` list (Celery's `master_name` in
+    /// `result_backend_transport_options`).
+    #[arg(long, env = "WORKER_REDIS_MASTER_NAME", global = true)]
+    pub redis_master_name: Option<String>,
+
+    /// PEM CA bundle that Redis's TLS certificate must verify against (`rediss://`, or the
+    /// master behind Sentinel); unset: the system roots.
+    #[arg(long, env = "WORKER_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate presented to Redis (with WORKER_REDIS_KEY_FILE).
+    #[arg(long, env = "WORKER_REDIS_CERT_FILE", global = true)]
+    pub redis_cert_file: Option<PathBuf>,
+
+    /// PEM private key of WORKER_REDIS_CERT_FILE.
+    #[arg(long, env = "WORKER_REDIS_KEY_FILE", global = true)]
+    pub redis_key_file: Option<PathBuf>,
+
+    /// PEM CA bundle that RabbitMQ's TLS certificate must verify against (`amqps://`);
+    /// unset: the system roots.
+    #[arg(long, env = "WORKER_RABBITMQ_CA_FILE", global = true)]
+    pub rabbitmq_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate presented to RabbitMQ (with WORKER_RABBITMQ_KEY_FILE).
+    #[arg(long, env = "WORKER_RABBITMQ_CERT_FILE", global = true)]
+    pub rabbitmq_cert_file: Option<PathBuf>,
+
+    /// PEM private key of WORKER_RABBITMQ_CERT_FILE.
+    #[arg(long, env = "WORKER_RABBITMQ_KEY_FILE", global = true)]
+    pub rabbitmq_key_file: Option<PathBuf>,
 
     /// Redis database number, used when REDIS_URL names none.
     #[arg(long, env = "REDIS_DB", default_value_t = 0, global = true)]
@@ -105,6 +137,9 @@ impl fmt::Debug for ConnectionSettings {
             .field("rabbitmq_url", &redact_url(&self.rabbitmq_url))
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_db", &self.redis_db)
+            .field("redis_master_name", &self.redis_master_name)
+            .field("redis_ca_file", &self.redis_ca_file)
+            .field("rabbitmq_ca_file", &self.rabbitmq_ca_file)
             .field("database_url", &redact_url(&self.database_url))
             .field("default_timezone", &self.default_timezone)
             .field("result_expires", &self.result_expires)
@@ -445,6 +480,13 @@ mod tests {
             rabbitmq_url: String::new(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_db: 2,
+            redis_master_name: None,
+            redis_ca_file: None,
+            redis_cert_file: None,
+            redis_key_file: None,
+            rabbitmq_ca_file: None,
+            rabbitmq_cert_file: None,
+            rabbitmq_key_file: None,
             database_url: "postgresql+asyncpg://u:p@h/db".into(),
             default_timezone: chrono_tz::Europe::Moscow,
             result_expires: 3600,
@@ -465,6 +507,13 @@ mod tests {
             rabbitmq_url: "amqp://u:Zq7u/Kx9?Mw#Tp@Rv:%2Fw@h:5672/%2f".into(),
             redis_url: "redis://:redis-pw-4242@h:6379".into(),
             redis_db: 0,
+            redis_master_name: None,
+            redis_ca_file: None,
+            redis_cert_file: None,
+            redis_key_file: None,
+            rabbitmq_ca_file: None,
+            rabbitmq_cert_file: None,
+            rabbitmq_key_file: None,
             database_url: "postgresql://p@h/db?password=pg-pw-4242".into(),
             default_timezone: chrono_tz::Europe::Moscow,
             result_expires: 3600,

@@ -113,7 +113,7 @@ struct Engine {
     concurrency: u16,
     rabbitmq_url: String,
     /// Redis and the key prefix, for moving the old delayed store's entries into RabbitMQ.
-    redis: redis::aio::ConnectionManager,
+    redis: crate::adapters::redis_conn::RedisConn,
     key_prefix: String,
     delayed_queue_type: settings::DelayQueueType,
     results: Arc<ResultWriter>,
@@ -168,25 +168,21 @@ impl Worker {
             queues = ?settings.consume.as_ref().map(|c| &c.run.queues),
             concurrency = settings.consume.as_ref().map(|c| c.run.concurrency),
             rabbitmq = %redact_url(&conn.rabbitmq_url),
-            redis = %redact_url(&conn.redis_url_with_db()),
+            redis = %redis_conn::RedisTarget::new(conn).redacted(),
             "starting worker"
         );
 
-        let (client, redis) = redis_conn::connect(&conn.redis_url_with_db(), None).await?;
+        let redis = redis_conn::connect(&redis_conn::RedisTarget::new(conn), None).await?;
         redis_eviction::read(&redis).await.log();
-        let store = ResultStore::new(
-            client,
-            redis.clone(),
-            &conn.result_key_prefix,
-            conn.result_expires,
-        );
+        let store = ResultStore::new(redis.clone(), &conn.result_key_prefix, conn.result_expires);
         let publisher = Arc::new(Publisher::new(&conn.rabbitmq_url, &origin));
         let (consuming, consuming_rx) = watch::channel(false);
         let (delays_declared, delays_rx) = watch::channel(false);
 
         let (registry, postgres, engine) = match &settings.consume {
             Some(consume) => {
-                let (registry, pool) = jobs_registry(conn, consume).await?;
+                let jobs_redis = redis.master_url().unwrap_or_else(|| conn.redis_url.clone());
+                let (registry, pool) = jobs_registry(conn, consume, jobs_redis).await?;
                 let names: Vec<&str> = registry.iter().map(|j| j.name()).collect();
                 crate::metrics::METRICS.initialise(&names, &consume.run.queues);
                 let results = ResultWriter::new(
@@ -534,7 +530,8 @@ fn connection_topology(conn: &ConnectionSettings) {
 fn check_urls(settings: &Settings) -> Result<(), StartupError> {
     let conn = &settings.connections;
     connection::parse_urls(&conn.rabbitmq_url)?;
-    redis_conn::check_url(&conn.redis_url_with_db())?;
+    connection::configure_tls(conn)?;
+    redis_conn::check_target(&redis_conn::RedisTarget::new(conn))?;
     if settings.consume.is_some() || settings.schedules.is_some() {
         postgres::check_url(&conn.database_url_for_sqlx())?;
     }
@@ -546,12 +543,13 @@ fn check_urls(settings: &Settings) -> Result<(), StartupError> {
 async fn jobs_registry(
     conn: &ConnectionSettings,
     consume: &Consume,
+    redis_url: String,
 ) -> Result<(Registry, sqlx::PgPool), StartupError> {
     let database_url = conn.database_url_for_sqlx();
     if consume.migrate {
         postgres::create_and_migrate(&database_url).await?;
     }
-    let mut s = jobs::ContextSettings::new(database_url.clone(), conn.redis_url.clone());
+    let mut s = jobs::ContextSettings::new(database_url.clone(), redis_url);
     s.redis_db = conn.redis_db;
     s.default_timezone = conn.default_timezone;
     s.telegram_bot_token = consume
@@ -582,7 +580,11 @@ async fn remote_control(
     conn: &ConnectionSettings,
     run: &RunSettings,
     hostname: &str,
-    (registry, results, redis): (&Registry, &ResultStore, &redis::aio::ConnectionManager),
+    (registry, results, redis): (
+        &Registry,
+        &ResultStore,
+        &crate::adapters::redis_conn::RedisConn,
+    ),
     events_on: Arc<AtomicBool>,
 ) -> Arc<Panel> {
     let store = RevokedStore::new(redis.clone(), &conn.key_prefix);

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
+use crate::adapters::redis_conn::RedisConn;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -97,12 +97,12 @@ impl Entry {
 /// The failure log of one deployment (one key prefix).
 #[derive(Clone)]
 pub(crate) struct FailureLog {
-    redis: ConnectionManager,
+    redis: RedisConn,
     key: String,
 }
 
 impl FailureLog {
-    pub(crate) fn new(redis: ConnectionManager, key_prefix: &str) -> Self {
+    pub(crate) fn new(redis: RedisConn, key_prefix: &str) -> Self {
         Self {
             redis,
             key: format!("{key_prefix}failures"),

@@ -34,10 +34,20 @@ pub enum DatabaseError {
         "PostgreSQL at {url} is unreachable ({reason}): start it, or fix the host and port in DATABASE_URL"
     )]
     Unreachable { url: String, reason: String },
+    #[error(
+        "PostgreSQL at {url}: TLS certificate verify failed: check sslrootcert (and sslmode) in DATABASE_URL"
+    )]
+    CertificateVerifyFailed { url: String },
     #[error("PostgreSQL at {url}: {reason}")]
     Other { url: String, reason: String },
     #[error("applying the migrations to {url}: {reason}")]
     Migrate { url: String, reason: String },
+}
+
+/// Whether an io error of a TLS handshake is a certificate that did not verify.
+pub(crate) fn is_certificate_failure(io: &std::io::Error) -> bool {
+    let text = format!("{io:?} {io}").to_ascii_lowercase();
+    text.contains("invalid peer certificate") || text.contains("invalidcertificate")
 }
 
 impl DatabaseError {
@@ -57,6 +67,10 @@ impl DatabaseError {
                     reason: db.message().to_owned(),
                 },
             },
+            // rustls through sqlx: an io error "invalid peer certificate: UnknownIssuer".
+            sqlx::Error::Io(io) if is_certificate_failure(io) => {
+                Self::CertificateVerifyFailed { url }
+            }
             sqlx::Error::Io(io) => Self::Unreachable {
                 url,
                 reason: io.kind().to_string(),

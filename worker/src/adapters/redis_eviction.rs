@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::adapters::redis_conn::RedisConn;
 use tracing::{info, warn};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,7 +91,7 @@ impl Eviction {
 }
 
 /// Read the policy: `CONFIG GET maxmemory-policy`, within a short deadline.
-pub(crate) async fn read(redis: &ConnectionManager) -> Eviction {
+pub(crate) async fn read(redis: &RedisConn) -> Eviction {
     let mut conn = redis.clone();
     let reply = tokio::time::timeout(
         READ_TIMEOUT,

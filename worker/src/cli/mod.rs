@@ -137,6 +137,10 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     crate::adapters::broker::topology::set_queue_type(cli.connections.queue_type);
+    if let Err(e) = crate::adapters::broker::connection::configure_tls(&cli.connections) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     crate::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(THREAD_STACK)

@@ -90,7 +90,7 @@ pub(crate) async fn failures(
     let since = Utc::now()
         .checked_sub_signed(back)
         .context("--since is too far back")?;
-    let (_, redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
+    let redis = redis_conn::connect(&redis_conn::RedisTarget::new(conn), Some(3)).await?;
     let log = FailureLog::new(redis, &conn.key_prefix);
     let entries = log.since(since, args.limit).await?;
     for e in &entries {

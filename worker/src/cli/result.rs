@@ -27,9 +27,8 @@ pub(crate) struct ResultArgs {
 }
 
 pub(crate) async fn open_results(conn: &ConnectionSettings) -> anyhow::Result<ResultStore> {
-    let (client, redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
+    let redis = redis_conn::connect(&redis_conn::RedisTarget::new(conn), Some(3)).await?;
     Ok(ResultStore::new(
-        client,
         redis,
         &conn.result_key_prefix,
         conn.result_expires,

@@ -113,7 +113,7 @@ pub(crate) async fn list(conn: &ConnectionSettings, args: ListArgs) -> anyhow::R
         None => {}
     }
     let schedules = load(&args.schedules.schedules_file, conn)?;
-    let (_, mut redis) = redis_conn::connect(&conn.redis_url_with_db(), Some(3)).await?;
+    let mut redis = redis_conn::connect(&redis_conn::RedisTarget::new(conn), Some(3)).await?;
     // The last runs are in PostgreSQL (the scheduler's table), their results in Redis.
     let pool = postgres::lazy_pool(&conn.database_url_for_sqlx(), 1)?;
     let status =

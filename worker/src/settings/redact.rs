@@ -74,6 +74,37 @@ fn next_list_separator(s: &str) -> Option<usize> {
     })
 }
 
+/// A `;`-separated list of URLs of one scheme (Celery's `sentinel://a;sentinel://b`, a broker
+/// failover list), each redacted on its own so that the hosts stay readable. A `;` inside a
+/// raw password is not followed by the same `scheme://`, so such a URL is not split and is
+/// masked whole, which hides more, never less.
+fn url_list(url: &str) -> Option<Vec<&str>> {
+    let (scheme, _) = url.split_once("://")?;
+    if scheme.is_empty() || !url.contains(';') || scheme_start(url) != Some(0) {
+        return None;
+    }
+    let prefix = format!("{scheme}://");
+    let list: Vec<&str> = url.split(';').collect();
+    list.iter()
+        .all(|one| one.starts_with(&prefix))
+        .then_some(list)
+}
+
+/// One URL, or a list of them (see [`url_list`]), redacted into `out`.
+fn redact_listed(url: &str, out: &mut String) {
+    match url_list(url) {
+        Some(list) => {
+            for (i, one) in list.iter().enumerate() {
+                if i > 0 {
+                    out.push(';');
+                }
+                redact_one(one, out);
+            }
+        }
+        None => redact_one(url, out),
+    }
+}
+
 /// `text` with the secrets of every URL inside it hidden (see the module notes), for error
 /// chains and log lines that may quote a URL.
 pub fn redact_text(text: &str) -> String {
@@ -91,7 +122,7 @@ pub fn redact_text(text: &str) -> String {
         out.push_str(&rest[..start]);
         let url = &rest[start..];
         let len = token_len(url);
-        redact_one(&url[..len], &mut out);
+        redact_listed(&url[..len], &mut out);
         rest = &url[len..];
     }
     out.push_str(rest);
@@ -515,5 +546,23 @@ mod tests {
             let _ = redact_text(text);
             let _ = redact_url(text);
         }
+    }
+
+    #[test]
+    fn sentinel_lists_are_redacted_one_by_one() {
+        let out = redact_url(
+            "sentinel://:Kx9pw@h1:26379/0;sentinel://u:Mw7pw@h2:26379/0;sentinel://h3:26379",
+        );
+        assert_eq!(
+            out,
+            "sentinel://:***@h1:26379/0;sentinel://u:***@h2:26379/0;sentinel://h3:26379"
+        );
+        assert_eq!(
+            redact_text("redis=sentinel://127.0.0.1:1;sentinel://127.0.0.1:2 next"),
+            "redis=sentinel://127.0.0.1:1;sentinel://127.0.0.1:2 next"
+        );
+        // A raw `;` in a password: not a list, masked whole.
+        let out = redact_url("sentinel://:a;b@h1:26379");
+        assert!(!out.contains("a;b"), "{out}");
     }
 }

@@ -28,17 +28,20 @@
 //! connection does not first knock on a node that is gone; when that node dies, the next one in
 //! the list is tried, and the log line names the failover.
 
+use std::path::Path;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 use tracing::{info, warn};
 
 use super::BrokerError;
 use crate::backoff::backoff;
-use crate::settings::{redact_text, redact_url};
+use crate::settings::{ConnectionSettings, redact_text, redact_url};
 use crate::shutdown::{Phase, Shutdown};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -77,6 +80,83 @@ pub(crate) fn parse_url(url: &str) -> Result<AMQPUri, BrokerError> {
                 redact_text(&reason)
             },
         })
+}
+
+/// The CA and client certificate for `amqps://` (WORKER_RABBITMQ_CA_FILE, _CERT_FILE,
+/// _KEY_FILE), read once by [`configure_tls`]. Process-wide because every connection of the
+/// process (consumer, publisher, control, dead letters) goes to the same broker with the same
+/// files, and the URL is all they are handed.
+static TLS: OnceLock<TlsFiles> = OnceLock::new();
+
+/// The CA bundle (PEM text) and the client certificate and key (PEM).
+type TlsFiles = (Option<String>, Option<(Vec<u8>, Vec<u8>)>);
+
+/// Largest CA/certificate/key file read.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, BrokerError> {
+    let error = |reason: String| BrokerError::TlsFile {
+        what,
+        path: path.to_owned(),
+        reason,
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| error(e.to_string()))?
+        .len();
+    if len > MAX_PEM_BYTES {
+        return Err(error(format!("larger than {MAX_PEM_BYTES} bytes")));
+    }
+    std::fs::read(path).map_err(|e| error(e.to_string()))
+}
+
+/// Read the TLS files the settings name (once per process; later calls change nothing).
+pub(crate) fn configure_tls(conn: &ConnectionSettings) -> Result<(), BrokerError> {
+    if TLS.get().is_some() {
+        return Ok(());
+    }
+    let ca = match &conn.rabbitmq_ca_file {
+        Some(path) => Some(
+            String::from_utf8(read_pem("WORKER_RABBITMQ_CA_FILE", path)?).map_err(|_| {
+                BrokerError::TlsFile {
+                    what: "WORKER_RABBITMQ_CA_FILE",
+                    path: path.clone(),
+                    reason: "not PEM text".to_owned(),
+                }
+            })?,
+        ),
+        None => None,
+    };
+    let identity = match (&conn.rabbitmq_cert_file, &conn.rabbitmq_key_file) {
+        (Some(cert), Some(key)) => Some((
+            read_pem("WORKER_RABBITMQ_CERT_FILE", cert)?,
+            read_pem("WORKER_RABBITMQ_KEY_FILE", key)?,
+        )),
+        (None, None) => None,
+        (Some(path), None) | (None, Some(path)) => {
+            return Err(BrokerError::TlsFile {
+                what: "WORKER_RABBITMQ_CERT_FILE/WORKER_RABBITMQ_KEY_FILE",
+                path: path.clone(),
+                reason: "set both or neither".to_owned(),
+            });
+        }
+    };
+    let _ = TLS.set((ca, identity));
+    Ok(())
+}
+
+/// The TLS configuration for `amqps://`: the CA added to the system roots, the client
+/// certificate if any. Plain `amqp://` ignores it.
+fn tls_config() -> OwnedTLSConfig {
+    let Some((ca, identity)) = TLS.get() else {
+        return OwnedTLSConfig::default();
+    };
+    OwnedTLSConfig {
+        identity: identity.as_ref().map(|(pem, key)| OwnedIdentity::PKCS8 {
+            pem: pem.clone(),
+            key: key.clone(),
+        }),
+        cert_chain: ca.clone(),
+    }
 }
 
 /// The URLs of a RABBITMQ_URL list, in order: split at every `;` (kombu's alternates) and at
@@ -191,7 +271,11 @@ async fn connect_one(url: &str) -> Result<Connection, BrokerError> {
     let refused_as = Refused::from(&uri);
     let props = ConnectionProperties::default()
         .with_connection_name(format!("staffprobot-worker@{}", crate::settings::hostname()).into());
-    Connection::connect_uri(uri, props)
+    let runtime = lapin::runtime::default_runtime().map_err(|source| BrokerError::Connect {
+        url: redact_url(url),
+        source,
+    })?;
+    Connection::connect_uri_with_config(uri, props, tls_config(), runtime)
         .await
         .map_err(|source| refused_as.classify(url, source))
 }
@@ -219,6 +303,9 @@ pub(crate) async fn connect_with_backoff(
                 attempt = attempt.saturating_add(1);
                 let what = match e {
                     BrokerError::VhostRefused { .. } => "RabbitMQ refused the vhost; retrying",
+                    BrokerError::CertificateVerifyFailed { .. } => {
+                        "RabbitMQ's TLS certificate does not verify; retrying"
+                    }
                     _ => "RabbitMQ authentication failed; retrying",
                 };
                 warn!(url = %redact_url(url), error = %e, retry_in = ?MAX_BACKOFF, attempt, "{what}");
@@ -267,6 +354,14 @@ impl Refused {
             port,
             vhost,
         } = self;
+        // rustls: "invalid peer certificate: UnknownIssuer" (or BadSignature, NotValidForName...).
+        let text = format!("{source:?} {source}").to_ascii_lowercase();
+        if text.contains("invalid peer certificate") || text.contains("invalidcertificate") {
+            return BrokerError::CertificateVerifyFailed {
+                url: redact_url(url),
+                reason: redact_text(&source.to_string()),
+            };
+        }
         match source.kind() {
             ErrorKind::ProtocolError(e) => match e.kind() {
                 // RabbitMQ: "ACCESS_REFUSED - Login was refused using authentication mechanism

@@ -43,6 +43,18 @@ pub enum BrokerError {
         host: String,
         port: u16,
     },
+    /// The broker's TLS certificate does not verify against WORKER_RABBITMQ_CA_FILE (or the
+    /// system roots): a setting to fix, like a refused login.
+    #[error(
+        "RabbitMQ at {url}: TLS certificate verify failed ({reason}); check WORKER_RABBITMQ_CA_FILE and the broker's certificate"
+    )]
+    CertificateVerifyFailed { url: String, reason: String },
+    #[error("reading {what} {path}: {reason}")]
+    TlsFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("cannot connect to RabbitMQ at {url}: {source}")]
     Connect {
         url: String,
@@ -77,7 +89,9 @@ impl BrokerError {
     pub(crate) fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Self::Authentication { .. } | Self::VhostRefused { .. }
+            Self::Authentication { .. }
+                | Self::VhostRefused { .. }
+                | Self::CertificateVerifyFailed { .. }
         )
     }
 

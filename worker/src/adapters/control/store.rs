@@ -8,20 +8,20 @@
 //! away by itself. A Redis whose eviction policy drops the key (the seed's `allkeys-lru`) loses
 //! the durability, not the revokes the running replicas hold in memory.
 
+use crate::adapters::redis_conn::RedisConn;
 use chrono::{DateTime, TimeZone, Utc};
-use redis::aio::ConnectionManager;
 
 use crate::adapters::redis_conn::StoreError;
 use crate::app::control::revoked::{MAX_REVOKED, REVOKE_EXPIRES};
 
 #[derive(Clone)]
 pub(crate) struct RevokedStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
 }
 
 impl RevokedStore {
-    pub(crate) fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub(crate) fn new(conn: RedisConn, prefix: &str) -> Self {
         Self {
             conn,
             key: format!("{prefix}revoked"),

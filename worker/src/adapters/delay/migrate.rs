@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::adapters::redis_conn::RedisConn;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tracing::{error, info, warn};
@@ -79,7 +79,7 @@ impl From<redis::RedisError> for MigrateError {
 
 /// Move the old store's entries into RabbitMQ, retrying until done or the worker stops.
 pub(crate) async fn run(
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     publisher: std::sync::Arc<Publisher>,
     queue_type: DelayQueueType,
@@ -116,7 +116,7 @@ pub(crate) async fn run(
 /// Publish and remove every readable entry of `key`; returns how many moved. Unreadable
 /// entries stay (logged), so nothing is deleted that was not published.
 async fn migrate_key(
-    conn: &ConnectionManager,
+    conn: &RedisConn,
     key: &str,
     publisher: &Publisher,
     queue_type: DelayQueueType,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::adapters::redis_conn::RedisConn;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -35,7 +35,7 @@ pub(crate) enum BrokerProbe {
 
 pub(crate) struct Dependencies {
     pub broker: BrokerProbe,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// The jobs' pool; None where no job runs (`worker scheduler`).
     pub postgres: Option<PgPool>,
     /// Depth of the undelivered-results queue; None where nothing is consumed.
@@ -171,6 +171,8 @@ fn broker_problem(e: &BrokerError) -> &'static str {
         BrokerError::VhostRefused { .. } => "vhost refused",
         BrokerError::InvalidUrl { .. } => "invalid RABBITMQ_URL",
         BrokerError::Connect { .. } | BrokerError::Timeout { .. } => UNREACHABLE,
+        BrokerError::CertificateVerifyFailed { .. } => "certificate verify failed",
+        BrokerError::TlsFile { .. } => "TLS file unreadable",
         BrokerError::Amqp { .. } | BrokerError::Nacked { .. } | BrokerError::Unroutable { .. } => {
             FAILED
         }
@@ -200,6 +202,9 @@ fn postgres_problem(e: &sqlx::Error) -> &'static str {
             Some("28P01" | "28000") => AUTHENTICATION_FAILED,
             _ => FAILED,
         },
+        sqlx::Error::Io(io) if crate::adapters::postgres::is_certificate_failure(io) => {
+            "certificate verify failed"
+        }
         sqlx::Error::Io(_) | sqlx::Error::PoolClosed => UNREACHABLE,
         sqlx::Error::PoolTimedOut => TIMED_OUT,
         sqlx::Error::Tls(_) => "TLS failed",

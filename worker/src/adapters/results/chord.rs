@@ -8,8 +8,8 @@
 //! (the claim: whoever sets it sends the body; `done` once cleaned up). The three scripts are
 //! Celery's own, byte for byte: same keys, same arguments, same claim semantics.
 
+use crate::adapters::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 use super::ResultStore;
@@ -144,7 +144,7 @@ pub(crate) type LayoutProblem = String;
 
 #[derive(Clone)]
 pub(crate) struct ChordStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     expires: u64,
 }

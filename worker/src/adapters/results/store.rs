@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
+use crate::adapters::redis_conn::RedisConn;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Client, Script};
+use redis::{AsyncCommands, Script};
 
 use crate::adapters::redis_conn::{self, RedisConnectError, StoreError};
 use crate::wire::ResultMeta;
@@ -55,8 +55,7 @@ pub enum StoreOutcome {
 /// Handle on the result keys; cheap to clone.
 #[derive(Clone)]
 pub struct ResultStore {
-    conn: ConnectionManager,
-    client: Client,
+    conn: RedisConn,
     prefix: String,
     expires: u64,
     script: Script,
@@ -65,14 +64,13 @@ pub struct ResultStore {
 impl ResultStore {
     /// Connect to the Redis at `url` (three attempts) for results under `prefix`.
     pub async fn connect(url: &str, prefix: &str, expires: u64) -> Result<Self, RedisConnectError> {
-        let (client, conn) = redis_conn::connect(url, Some(3)).await?;
-        Ok(Self::new(client, conn, prefix, expires))
+        let conn = redis_conn::connect(&redis_conn::RedisTarget::plain(url), Some(3)).await?;
+        Ok(Self::new(conn, prefix, expires))
     }
 
-    pub fn new(client: Client, conn: ConnectionManager, prefix: &str, expires: u64) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str, expires: u64) -> Self {
         Self {
             conn,
-            client,
             prefix: prefix.to_owned(),
             expires,
             script: Script::new(STORE_SCRIPT),
@@ -94,7 +92,7 @@ impl ResultStore {
         self.expires
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -152,7 +150,7 @@ impl ResultStore {
         task_id: &str,
         timeout: Duration,
     ) -> Result<Option<ResultMeta>, ResultError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
+        let mut pubsub = self.conn.client().get_async_pubsub().await?;
         pubsub.subscribe(self.key(task_id)).await?;
         let mut last = self.get(task_id).await?;
         if last.as_ref().is_some_and(|m| m.status.is_ready()) {

@@ -192,35 +192,13 @@ fn rusage() -> Value {
 }
 
 /// What `conf` answers: the settings that shape this worker, by their environment names, URLs
-/// with their passwords redacted and no token at all.
+/// with their passwords redacted and no token at all (the same list `worker config` prints).
 pub(crate) fn conf_of(
     conn: &crate::settings::ConnectionSettings,
     run: &crate::settings::RunSettings,
 ) -> Value {
-    use crate::settings::redact_url;
-    json!({
-        "RABBITMQ_URL": redact_url(&conn.rabbitmq_url),
-        "REDIS_URL": redact_url(&conn.redis_url),
-        "REDIS_DB": conn.redis_db,
-        "DATABASE_URL": redact_url(&conn.database_url),
-        "DEFAULT_TIMEZONE": conn.default_timezone.name(),
-        "RESULT_EXPIRES": conn.result_expires,
-        "RESULT_KEY_PREFIX": conn.result_key_prefix,
-        "WORKER_KEY_PREFIX": conn.key_prefix,
-        "WORKER_CONTROL_EXCHANGE": conn.control_exchange,
-        "WORKER_QUEUES": run.queues.join(","),
-        "WORKER_CONCURRENCY": run.concurrency,
-        "WORKER_HOSTNAME": run.hostname(),
-        "WORKER_TRACK_STARTED": run.track_started,
-        "WORKER_SEND_EVENTS": run.send_events,
-        "WORKER_EVENT_EXCHANGE": run.event_exchange,
-        "WORKER_TRACK_STARTED_AFTER_MS": run.track_started_after_ms,
-        "WORKER_RESULT_EXTENDED": run.result_extended,
-        "WORKER_MAX_MESSAGE_BYTES": run.max_message_bytes,
-        "WORKER_ETA_HOLD": run.eta_hold,
-        "WORKER_SOFT_TIME_LIMIT": run.soft_time_limit,
-        "WORKER_TIME_LIMIT": run.time_limit,
-        "WORKER_UNDELIVERED_RESULTS_QUEUE": run.undelivered_results_queue,
-        "WORKER_DIAGNOSTIC_TASKS": run.diagnostic_tasks,
-    })
+    use crate::settings::listing;
+    let mut m = listing::connections(conn);
+    m.extend(listing::run(run));
+    Value::Object(m)
 }

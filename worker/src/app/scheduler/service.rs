@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::adapters::redis_conn::RedisConn;
 use chrono::Utc;
 use chrono_tz::Tz;
-use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use crate::metrics::METRICS;
 pub(crate) struct SchedulerService {
     settings: SchedulerSettings,
     postgres: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConn,
     publisher: Arc<dyn TickPublisher>,
 }
 
@@ -37,7 +37,7 @@ impl SchedulerService {
         key_prefix: &str,
         known_tasks: HashMap<String, String>,
         postgres: PgPool,
-        redis: ConnectionManager,
+        redis: RedisConn,
         publisher: Arc<dyn TickPublisher>,
     ) -> Result<Self, ScheduleFileError> {
         let (schedules, warnings) = check_file(path, default_timezone, &known_tasks)?;
@@ -154,7 +154,7 @@ pub(crate) struct StatusReporter {
     key_prefix: String,
     known_tasks: HashMap<String, String>,
     postgres: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConn,
 }
 
 impl StatusReporter {
