@@ -224,7 +224,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // consumes the bench's event exchange; publishing is the whole cost, as with Flower away.
     let mut events = systems::worker(&paths.worker, &urls, 16, "", "worker-c16-events", "");
     events.env.push(("WORKER_SEND_EVENTS", "true".into()));
-    events.env.push(("WORKER_EVENT_EXCHANGE", format!("bench-{run_id}-celeryev")));
+    events
+        .env
+        .push(("WORKER_EVENT_EXCHANGE", format!("bench-{run_id}-celeryev")));
     events.config = events
         .config
         .replace("release build", "release build, WORKER_SEND_EVENTS=true");
