@@ -418,20 +418,17 @@ impl Worker {
                 };
                 background.push(tokio::spawn(drainer.run(shutdown.clone())));
                 let (dispatcher, events_rx) = engine.events;
-                background.push(tokio::spawn(events::run(
-                    dispatcher,
-                    events_rx,
-                    shutdown.clone(),
-                )));
+                let events = events::run(dispatcher, events_rx, shutdown.clone());
                 let (panel, names) = engine.control;
                 let mailbox =
                     mailbox::run(engine.rabbitmq_url.clone(), names, panel, shutdown.clone());
-                // Once the consumer is connected: while RabbitMQ cannot be reached at startup,
-                // the consumer's retry lines say so, once per attempt, and the mailbox adds none.
-                let mut mailbox_after = consuming.subscribe();
+                // Both connect once the consumer has: while RabbitMQ cannot be reached at
+                // startup, the consumer's retry lines say so, once per attempt, and they add
+                // none. (The consumer owns `consuming`: when it ends, these wait no longer.)
+                let mut connected = consuming.subscribe();
                 background.push(tokio::spawn(async move {
-                    if mailbox_after.wait_for(|c| *c).await.is_ok() {
-                        mailbox.await;
+                    if connected.wait_for(|c| *c).await.is_ok() {
+                        tokio::join!(events, mailbox);
                     }
                 }));
                 let mut consuming_rx = consuming.subscribe();
