@@ -22,6 +22,34 @@ const READ_OUTSIDE_CLAP: &[&str] = &["RUST_LOG", "LOG_FORMAT"];
 /// Worker settings that the compose file leaves to the worker on purpose, and why.
 const LEFT_TO_THE_WORKER: &[(&str, &str)] = &[
     (
+        "WORKER_REDIS_MASTER_NAME",
+        "only behind Sentinel (docs/deployment.md); the compose stack runs one Redis",
+    ),
+    (
+        "WORKER_REDIS_CA_FILE",
+        "only with rediss:// (docs/deployment.md, TLS)",
+    ),
+    (
+        "WORKER_REDIS_CERT_FILE",
+        "only with a Redis that asks for client certificates",
+    ),
+    (
+        "WORKER_REDIS_KEY_FILE",
+        "only with a Redis that asks for client certificates",
+    ),
+    (
+        "WORKER_RABBITMQ_CA_FILE",
+        "only with amqps:// (docs/deployment.md, TLS)",
+    ),
+    (
+        "WORKER_RABBITMQ_CERT_FILE",
+        "only with a RabbitMQ that asks for client certificates",
+    ),
+    (
+        "WORKER_RABBITMQ_KEY_FILE",
+        "only with a RabbitMQ that asks for client certificates",
+    ),
+    (
         "WORKER_HOSTNAME",
         "the default `celery@<container id>` tells replicas apart (and names each one's remote control queue)",
     ),
