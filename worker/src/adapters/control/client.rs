@@ -9,12 +9,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{Map, Value};
 
 use crate::adapters::broker::{BrokerError, connection};
@@ -49,16 +48,7 @@ pub(crate) async fn call(
     let oid = uuid::Uuid::new_v4().to_string();
     let ticket = uuid::Uuid::new_v4().to_string();
     let reply_queue = names.reply_queue(&oid);
-    let transient = ExchangeDeclareOptions::default();
-    channel
-        .exchange_declare(
-            names.reply_exchange().as_str().into(),
-            ExchangeKind::Direct,
-            transient,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BrokerError::amqp("exchange.declare reply pidbox"))?;
+    super::declare_exchanges(&channel, names).await?;
     channel
         .queue_declare(
             reply_queue.as_str().into(),
@@ -93,15 +83,6 @@ pub(crate) async fn call(
         )
         .await
         .map_err(BrokerError::amqp("basic.consume reply queue"))?;
-    channel
-        .exchange_declare(
-            names.exchange().as_str().into(),
-            ExchangeKind::Fanout,
-            transient,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BrokerError::amqp("exchange.declare pidbox"))?;
 
     let expires = chrono::Utc::now().timestamp_micros() as f64 / 1e6 + call.timeout.as_secs_f64();
     let request = ControlMessage::request(

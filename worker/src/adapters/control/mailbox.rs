@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 use tracing::{debug, info, warn};
 
 use crate::adapters::broker::BrokerError;
@@ -112,25 +112,7 @@ async fn serve(conn: &Connection, names: &MailboxNames, panel: &Panel) -> Result
 /// The fanout exchange, the node queue and its binding, the reply exchange; as kombu declares
 /// them (not durable; the node queue exclusive and auto-delete with kombu's TTL and expiry).
 async fn declare(channel: &Channel, names: &MailboxNames, queue: &str) -> Result<(), BrokerError> {
-    let transient = ExchangeDeclareOptions::default();
-    channel
-        .exchange_declare(
-            names.exchange().as_str().into(),
-            ExchangeKind::Fanout,
-            transient,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BrokerError::amqp("exchange.declare pidbox"))?;
-    channel
-        .exchange_declare(
-            names.reply_exchange().as_str().into(),
-            ExchangeKind::Direct,
-            transient,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BrokerError::amqp("exchange.declare reply pidbox"))?;
+    super::declare_exchanges(channel, names).await?;
     let options = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,

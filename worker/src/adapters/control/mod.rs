@@ -10,9 +10,41 @@ pub(crate) mod client;
 pub(crate) mod mailbox;
 pub(crate) mod store;
 
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, ExchangeKind};
 use serde_json::{Value, json};
 
-use crate::adapters::broker::connection;
+use crate::adapters::broker::{BrokerError, connection};
+use crate::wire::control::MailboxNames;
+
+/// The mailbox's two exchanges as kombu declares them, transient: the fanout requests go
+/// through and the direct one replies come back on. Node and client both declare them.
+pub(crate) async fn declare_exchanges(
+    channel: &Channel,
+    names: &MailboxNames,
+) -> Result<(), BrokerError> {
+    let transient = ExchangeDeclareOptions::default();
+    channel
+        .exchange_declare(
+            names.exchange().as_str().into(),
+            ExchangeKind::Fanout,
+            transient,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp("exchange.declare pidbox"))?;
+    channel
+        .exchange_declare(
+            names.reply_exchange().as_str().into(),
+            ExchangeKind::Direct,
+            transient,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp("exchange.declare reply pidbox"))?;
+    Ok(())
+}
 
 /// `stats()["broker"]` for RABBITMQ_URL (its first broker when it lists several): where and
 /// who, never the password.
