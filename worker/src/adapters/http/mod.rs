@@ -59,28 +59,33 @@ fn router(state: HttpState, http: &HttpSettings) -> Router {
         .route("/results/{id}", get(result))
         .route("/schedules", get(schedules))
         .route("/status", get(status::page))
-        .route("/status/schedules/{name}/run", post(status::page_run))
-        .route("/status/schedules/{name}/pause", post(status::page_pause))
-        .route("/status/schedules/{name}/resume", post(status::page_resume))
-        .route(
-            "/status/dead-letters/{queue}/replay",
-            post(status::page_replay),
-        )
-        .route(
-            "/status/dead-letters/{queue}/delete",
-            post(status::page_delete),
-        )
         .route("/api/status", get(status::api_status))
         .route("/api/workers", get(status::api_workers))
         .route("/api/queues", get(status::api_queues))
         .route("/api/failures", get(status::api_failures))
         .route("/api/schedules", get(status::api_schedules))
-        .route("/api/schedules/{name}/run", post(status::api_run))
-        .route("/api/schedules/{name}/pause", post(status::api_pause))
-        .route("/api/schedules/{name}/resume", post(status::api_resume))
         .route("/api/dead-letters", get(status::api_dead_letters))
-        .route("/api/dead-letters/{queue}/replay", post(status::api_replay))
-        .route("/api/dead-letters/{queue}/delete", post(status::api_delete))
+        // Every action is a POST that no other site may make the browser send.
+        .merge(
+            Router::new()
+                .route("/status/schedules/{name}/run", post(status::page_run))
+                .route("/status/schedules/{name}/pause", post(status::page_pause))
+                .route("/status/schedules/{name}/resume", post(status::page_resume))
+                .route(
+                    "/status/dead-letters/{queue}/replay",
+                    post(status::page_replay),
+                )
+                .route(
+                    "/status/dead-letters/{queue}/delete",
+                    post(status::page_delete),
+                )
+                .route("/api/schedules/{name}/run", post(status::api_run))
+                .route("/api/schedules/{name}/pause", post(status::api_pause))
+                .route("/api/schedules/{name}/resume", post(status::api_resume))
+                .route("/api/dead-letters/{queue}/replay", post(status::api_replay))
+                .route("/api/dead-letters/{queue}/delete", post(status::api_delete))
+                .route_layer(middleware::from_fn(status::refuse_cross_site)),
+        )
         .with_state(state);
     protected(routes, http)
 }

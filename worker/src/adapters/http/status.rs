@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -342,6 +343,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Layered on every action route (they are all POSTs): a cross-site request is refused before
+/// its handler runs, whatever token it carries.
+pub(crate) async fn refuse_cross_site(request: Request, next: Next) -> Response {
+    if !same_origin(request.headers()) {
+        return forbidden();
+    }
+    next.run(request).await
+}
+
 fn forbidden() -> Response {
     (
         StatusCode::FORBIDDEN,
@@ -486,117 +496,71 @@ fn page_answer(result: Result<Done, ActionError>) -> Response {
     Redirect::to(&target).into_response()
 }
 
-pub(crate) async fn api_run(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
+pub(crate) async fn api_run(State(state): State<HttpState>, Path(name): Path<String>) -> Response {
     api_answer(run_schedule(&state, &name).await)
 }
 
-pub(crate) async fn page_run(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
+pub(crate) async fn page_run(State(state): State<HttpState>, Path(name): Path<String>) -> Response {
     page_answer(run_schedule(&state, &name).await)
 }
 
 pub(crate) async fn api_pause(
     State(state): State<HttpState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
     api_answer(pause_schedule(&state, &name, true).await)
 }
 
 pub(crate) async fn api_resume(
     State(state): State<HttpState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
     api_answer(pause_schedule(&state, &name, false).await)
 }
 
 pub(crate) async fn page_pause(
     State(state): State<HttpState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
     page_answer(pause_schedule(&state, &name, true).await)
 }
 
 pub(crate) async fn page_resume(
     State(state): State<HttpState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
     page_answer(pause_schedule(&state, &name, false).await)
 }
 
 pub(crate) async fn api_replay(
     State(state): State<HttpState>,
-    headers: HeaderMap,
     Path(queue): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
     api_answer(letter_action(&state, &queue, &form.task_id, LetterAction::Replay).await)
 }
 
 pub(crate) async fn api_delete(
     State(state): State<HttpState>,
-    headers: HeaderMap,
     Path(queue): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
     api_answer(letter_action(&state, &queue, &form.task_id, LetterAction::Delete).await)
 }
 
 pub(crate) async fn page_replay(
     State(state): State<HttpState>,
-    headers: HeaderMap,
     Path(queue): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
     page_answer(letter_action(&state, &queue, &form.task_id, LetterAction::Replay).await)
 }
 
 pub(crate) async fn page_delete(
     State(state): State<HttpState>,
-    headers: HeaderMap,
     Path(queue): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return forbidden();
-    }
     page_answer(letter_action(&state, &queue, &form.task_id, LetterAction::Delete).await)
 }
 
